@@ -214,6 +214,7 @@ def load_state_into_model(cfg: Mamba2Config, tensors, *, dtype=None, check_finit
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)
     got: dict[str, torch.Tensor] = {}
+    where: dict[str, Path] = {}
     head = None
     for raw_name, t, f in tensors:
         name = names.from_hf_name(names.strip_known_prefixes(raw_name))
@@ -222,13 +223,16 @@ def load_state_into_model(cfg: Mamba2Config, tensors, *, dtype=None, check_finit
             continue
         if name not in expected:
             raise CheckpointError(f"{f}: unexpected tensor {raw_name} for a Mamba-2 model (is it Mamba-2?)")
+        got[name], where[name] = t, f
+    # in_proj first: its shape tells which config field is off (ngroups, d_state, ...) better than any other.
+    for name in sorted(got, key=lambda k: not k.endswith("in_proj.weight")):
+        t, f = got[name], where[name]
         if tuple(t.shape) != expected[name]:
             raise CheckpointError(f"{f}: {_shape_message(cfg, name, tuple(t.shape), expected[name])}")
         if not t.is_floating_point():
             raise CheckpointError(f"{f}: tensor {name} has dtype {t.dtype}; expected floating point")
         if check_finite and not bool(torch.isfinite(t).all()):
             raise CheckpointError(f"{f}: tensor {name} holds NaN or Inf values")
-        got[name] = t
     missing = sorted(set(expected) - set(got))
     if missing:
         more = f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""

@@ -165,7 +165,7 @@ class Mamba2Config:
         _refuse_unless(ssm, "norm_before_gate", False, source, "ssm_cfg.norm_before_gate")
         _refuse_unless(ssm, "D_has_hdim", False, source, "ssm_cfg.D_has_hdim")
         dt_limit = ssm.pop("dt_limit", None)
-        if dt_limit is not None and not (float(dt_limit[0]) == 0.0 and math.isinf(float(dt_limit[1]))):
+        if dt_limit is not None and not _is_no_limit(dt_limit):
             raise ConfigError(f"{source}: ssm_cfg.dt_limit={dt_limit} is not supported; only (0.0, inf)")
         kw: dict[str, Any] = {}
         for k in ("d_state", "d_conv", "expand", "headdim", "ngroups", "chunk_size", "dt_min", "dt_max",
@@ -211,7 +211,7 @@ class Mamba2Config:
         _refuse_unless(d, "rms_norm", True, source, "rms_norm")
         _refuse_unless(d, "norm_before_gate", False, source, "norm_before_gate")
         lim = d.pop("time_step_limit", None)
-        if lim is not None and not (float(lim[0]) == 0.0 and math.isinf(float(lim[1]))):
+        if lim is not None and not _is_no_limit(lim):
             raise ConfigError(f"{source}: time_step_limit={lim} is not supported; only (0.0, inf)")
         try:
             hidden = d.pop("hidden_size")
@@ -279,6 +279,22 @@ class Mamba2Config:
         d = dataclasses.asdict(self)
         d["A_init_range"] = list(self.A_init_range)
         return d
+
+
+def _json_float(v: Any) -> float:
+    """A float as JSON dialects write it: a number, "Infinity", or transformers 5's {"__float__": "Infinity"}."""
+    if isinstance(v, dict) and "__float__" in v:
+        v = v["__float__"]
+    return float(v)
+
+
+def _is_no_limit(lim: Any) -> bool:
+    """True for a dt limit of (0, inf), the only one we implement (mamba-ssm's default: no clamping)."""
+    try:
+        lo, hi = (_json_float(v) for v in lim)
+    except (TypeError, ValueError):
+        return False
+    return lo == 0.0 and math.isinf(hi)
 
 
 def _refuse_unless(d: dict[str, Any], key: str, allowed: Any, source: str, name: str) -> None:
