@@ -420,3 +420,21 @@ def test_errors(tmp_path, tok, cache):
 
     assert not list(cache.glob("*.tmp-*")), "failed builds must clean up"
     assert not [p for p in cache.iterdir() if p.is_dir()], "failed builds must leave no entry"
+
+
+def test_text_file_documents_split_on_separator_lines(tmp_path, monkeypatch):
+    """A line holding only <|endoftext|> separates documents inside a .txt file (the bundled samples' format)."""
+    from ssmquant.data import sources
+
+    docs = ["first doc\nwith two lines", "second", "third one " * 50]
+    f = tmp_path / "s.txt"
+    f.write_text("\n<|endoftext|>\n".join(docs) + "\n<|endoftext|>\n\n")
+    for chunk in (4_000_000, 64):  # whole file, and chunks that cut between separators
+        monkeypatch.setattr(sources, "TEXT_CHUNK_CHARS", chunk)
+        got, cur = [], ""
+        for seg in sources.iter_segments([sources.parse_source(str(f))]):
+            cur += seg.text
+            if seg.last:
+                got.append(cur)
+                cur = ""
+        assert got == docs, (chunk, got)

@@ -2,7 +2,7 @@
 
 A *source spec* is a string, one of:
 
-- a file: ``.txt``, ``.md``, ``.rst`` (the whole file is one document), ``.jsonl`` (one document per line, its
+- a file: ``.txt``, ``.md``, ``.rst`` (one document, or several separated by lines holding only ``<|endoftext|>``), ``.jsonl`` (one document per line, its
   text in the field ``text_field``), ``.parquet`` (one document per row, its text in the column ``text_field``).
   ``.txt.gz``, ``.md.gz``, ``.rst.gz`` and ``.jsonl.gz`` are read through gzip.
 - a directory: every supported file below it, recursively, in sorted path order; hidden files and folders
@@ -23,6 +23,8 @@ decoded, a record without the text field.
 """
 
 from __future__ import annotations
+
+import re
 
 import gzip
 import json
@@ -214,20 +216,42 @@ def _text_chunks(f) -> Iterator[str]:
         yield carry
 
 
+# A line holding only this separates documents inside one text file (the bundled samples use it); a file without
+# it is one document.
+DOC_SEPARATOR_RE = re.compile(r"^<\|endoftext\|>$", flags=re.MULTILINE)
+
+
+def _pieces(chunks: Iterator[str]) -> Iterator[tuple[str, bool]]:
+    """(text, closes_document) pieces: each separator line closes a document; the end of the file closes one too.
+
+    Chunks are cut only after a newline, so a separator line is never split between two chunks.
+    """
+    for chunk in chunks:
+        parts = DOC_SEPARATOR_RE.split(chunk)
+        for part in parts[:-1]:
+            yield part, True
+        yield parts[-1], False
+    yield "", True
+
+
 def _text_segments(path: Path, gz: bool) -> Iterator[Segment]:
     where = str(path)
     try:
         with _open_text(path, gz) as f:
-            # One chunk of lookahead, to flag the document's last segment.
-            prev, emitted = None, False
-            for chunk in _text_chunks(f):
-                if prev is not None:
-                    yield Segment(where, prev, False)
-                    emitted = True
-                prev = chunk
-            # A whitespace-only file is no document; a whitespace tail still closes one that has text.
-            if prev is not None and (emitted or prev.strip()):
-                yield Segment(where, prev, True)
+            has_text = False    # the current document has text (yielded or pending)
+            pending = ""        # one piece of lookahead, so the closing piece can carry last=True
+            for text, closes in _pieces(_text_chunks(f)):
+                if not has_text:
+                    text = text.lstrip("\n")
+                if closes:
+                    # A whitespace-only document is no document; its trailing newlines are not part of it.
+                    if has_text or text.strip():
+                        yield Segment(where, (pending + text).rstrip("\n"), True)
+                    has_text, pending = False, ""
+                elif text and (has_text or text.strip()):
+                    if pending:
+                        yield Segment(where, pending, False)
+                    pending, has_text = text, True
     except (OSError, UnicodeDecodeError, EOFError) as e:
         raise _unreadable(path, e) from None
 
