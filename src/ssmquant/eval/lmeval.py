@@ -73,6 +73,8 @@ class SSMQuantLM(LM):
             tokenizer = ssmquant.load_tokenizer(src)
         if device is None:
             device = "cuda" if torch.cuda.is_available() else str(model_device(model))
+        elif str(device).startswith("cuda") and not torch.cuda.is_available():
+            device = "cpu"  # lm-eval's CLI asks for cuda by default; its HF backend falls back the same way
         self._device = torch.device(device)
         self.model = model.to(self._device).eval() if hasattr(model, "to") else model
         self.tokenizer = tokenizer

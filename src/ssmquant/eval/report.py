@@ -28,7 +28,7 @@ def format_table(results: dict) -> str:
         s = results["student"]["tasks"][t]
         for m, v in s["metrics"].items():
             is_ppl = m == "perplexity"
-            fmt = (lambda x: f"{x:6.2f}") if is_ppl else _pct
+            fmt = (lambda x: f" {x:.4g}") if is_ppl else _pct  # leading space: huge values stay apart
             mark = "*" if m == s["headline"] else " "
             row = (f"{t:<15}{m + mark:<11}{s['n']:>6}{'' if is_ppl else _pct(s['chance']):>8}"
                    f"{fmt(v['value']):>9}{fmt(v['stderr']):>7}")
