@@ -66,9 +66,20 @@ def train(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     with tarfile.open(carry / "teacher_tokens.tar.xz") as tf:
         tf.extractall(work, filter="data")
-    cmd = [sys.executable, "-m", "ssmquant", "pretrain", "--model-config", str(MODEL_CONFIG),
-           "--tokenizer", str(carry / "tokenizer.json"), "--data", str(work / "tokens"), "--tokens", args.tokens,
-           "--out", args.out, "--overwrite", "--no-progress", *TRAIN_FLAGS, *args.extra]
+    base = [sys.executable, "-m", "ssmquant", "pretrain", "--model-config", str(MODEL_CONFIG),
+            "--tokenizer", str(carry / "tokenizer.json"), "--data", str(work / "tokens"), "--no-progress",
+            *TRAIN_FLAGS, *args.extra]
+    tokens = args.tokens
+    if tokens == "auto":
+        # Measure throughput for a few steps, then take as many whole millions of tokens as fit the budget.
+        probe = work / "probe"
+        subprocess.run([*base, "--tokens", "100M", "--out", str(probe), "--overwrite", "--stop-after-steps", "30",
+                        "--log-every", "10"], check=True)
+        recs = [json.loads(x) for x in (probe / "metrics.jsonl").read_text().splitlines()]
+        tok_s = [r["tok_per_s"] for r in recs if "tok_per_s" in r][-1]
+        tokens = f"{max(1, min(args.max_tokens_m, int(tok_s * args.budget_s / 1e6)))}M"
+        print(f"probe: {tok_s:,.0f} tok/s -> --tokens {tokens}", flush=True)
+    cmd = [*base, "--tokens", tokens, "--out", args.out, "--overwrite"]
     print("+", " ".join(cmd), flush=True)
     t0 = time.time()
     subprocess.run(cmd, check=True)
@@ -111,7 +122,9 @@ def main() -> None:
     b.add_argument("--carry", default=".carry")
     b.add_argument("--workdir", default="/tmp/teacher_work")
     b.add_argument("--out", required=True)
-    b.add_argument("--tokens", default="40M")
+    b.add_argument("--tokens", default="40M", help="training tokens, or 'auto' (probe speed, fill --budget-s)")
+    b.add_argument("--budget-s", type=float, default=400.0, help="seconds of training for --tokens auto")
+    b.add_argument("--max-tokens-m", type=int, default=80, help="cap for --tokens auto, in millions")
     b.add_argument("extra", nargs="*", help="further ssmquant pretrain flags (after --)")
     b.set_defaults(func=train)
     args = p.parse_args()
