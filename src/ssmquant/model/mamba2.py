@@ -191,13 +191,17 @@ class Mamba2LMHeadModel(nn.Module):
             self.lm_head.weight = self.backbone.embedding.weight
 
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None, *,
-                logits_to_keep: int = 0, hidden_states_out: list | None = None) -> torch.Tensor:
+                logits_to_keep: int = 0, hidden_states_out: list | None = None,
+                return_hidden: bool = False) -> torch.Tensor:
         """input_ids (b, l) long -> logits (b, l, v), or (b, logits_to_keep, v) for the last positions only.
 
         With ``cache`` (from ``allocate_cache``) the call continues the cached sequences and updates the cache:
-        a prompt of any length (prefill) or one token at a time (decode).
+        a prompt of any length (prefill) or one token at a time (decode). ``return_hidden`` returns the final
+        normed hidden states (b, l, d) instead of logits, for losses that apply the head in chunks.
         """
         hidden = self.backbone(input_ids, cache, hidden_states_out)
+        if return_hidden:
+            return hidden
         if logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
         return self.lm_head(hidden)
