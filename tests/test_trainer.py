@@ -127,3 +127,33 @@ def test_cli_pretrain_end_to_end(tmp_path, corpus, tiny_tokenizer):
     assert code == 0
     assert (tmp_path / "cli" / "plots" / "loss.png").exists()
     assert ssmquant.load_model(tmp_path / "cli" / "model").config.padded_vocab_size >= tiny_tokenizer.vocab_size
+
+
+def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, corpus, tiny_tokenizer):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    tiny_tokenizer.save(tmp_path / "tok")
+    cmd = [sys.executable, "-m", "ssmquant", "pretrain", "--model-config", json.dumps(MODEL), "--tokenizer",
+           str(tmp_path / "tok"), "--data", str(corpus), "--tokens", "400K", "--seq-len", "32", "--micro-batch", "4",
+           "--out", str(tmp_path / "sig"), "--cache-dir", str(tmp_path / "cache"), "--no-progress", "--no-plot",
+           "--log-every", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "sig" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and (not metrics.exists() or metrics.read_text().count("\n") < 3):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-1000:]
+    assert "signal SIGTERM" in err and "--resume" in err
+    ckpts = list_checkpoints(tmp_path / "sig" / "checkpoints")
+    assert len(ckpts) == 1
+    stopped_at = int(ckpts[0].name.split("_")[1])
+    assert 0 < stopped_at < 400_000 // 128
+    # Resume only for two more steps (stop-after-steps), proving it continues from the signal's checkpoint.
+    r = subprocess.run(cmd + ["--resume", "--stop-after-steps", "2"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-1000:]
+    assert f"resumed from" in r.stderr and f"step {stopped_at}" in r.stderr
