@@ -1,0 +1,59 @@
+"""Random-weight Mamba-2 models of the published shapes, built directly on the GPU, dense fp16 or ternary.
+
+Speed does not depend on the weights' values, so benchmarks use random weights: mamba-ssm's initialisation
+(``Mamba2LMHeadModel.init_weights``) reproduced with device-side random numbers, since drawing 1.3B numbers from a
+CPU generator takes longer than the benchmark. Ternary models get their codes and scales from absmean quantization
+of those weights (``quant.ternary.ternary_codes_and_scales``), i.e. what ``quantize_`` + ``convert`` would store.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+@torch.no_grad()
+def random_model(preset: str, *, weights: str = "fp16", group_size: int = 128, device: str = "cuda", seed: int = 0):
+    """A ``Mamba2LMHeadModel`` in fp16 with the shapes of ``state-spaces/mamba2-<preset>``.
+
+    weights: "fp16" (dense ``nn.Linear`` projections) or "ternary" (``PackedTernaryLinear`` in_proj / out_proj
+    with one fp16 scale per ``group_size`` inputs).
+    """
+    from ..model.config import preset_config
+    from ..model.mamba2 import Mamba2LMHeadModel
+
+    cfg = preset_config(preset)
+    torch.manual_seed(seed)
+    with torch.device(device):
+        model = Mamba2LMHeadModel(cfg)             # nn.Linear / nn.Conv1d default init, on the device
+    model.backbone.embedding.weight.normal_(0, 0.02)
+    for layer in model.backbone.layers:
+        mix = layer.mixer
+        h = cfg.nheads
+        dt = torch.exp(torch.rand(h, device=device) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+        mix.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        lo, hi = cfg.A_init_range
+        mix.A_log.copy_(torch.log(torch.rand(h, device=device) * (hi - lo) + lo))
+        mix.out_proj.weight.div_(math.sqrt(cfg.n_layer))
+    if weights == "ternary":
+        to_ternary_(model, group_size)
+    elif weights != "fp16":
+        raise ValueError(f"weights={weights!r}: use 'fp16' or 'ternary'")
+    return model.half().eval()
+
+
+@torch.no_grad()
+def to_ternary_(model, group_size: int = 128):
+    """Swap every mixer's in_proj / out_proj for a ``PackedTernaryLinear`` (absmean codes), in place."""
+    from ..quant.layers import PackedTernaryLinear
+    from ..quant.ternary import ternary_codes_and_scales
+
+    for layer in model.backbone.layers:
+        mix = layer.mixer
+        for name in ("in_proj", "out_proj"):
+            lin = getattr(mix, name)
+            codes, scale = ternary_codes_and_scales(lin.weight, group_size)
+            setattr(mix, name, PackedTernaryLinear(codes, scale, group_size))
+    return model

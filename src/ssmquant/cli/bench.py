@@ -1,0 +1,96 @@
+"""``ssmquant bench decode|gemv|prefill``: GPU speed benchmarks that print one JSON object."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..errors import SSMQuantError
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="GPU speed benchmarks (decode, ternary GEMV, prefill), JSON out",
+                       description="Time the fast Triton/CUDA-graph paths on random-weight models of the published "
+                                   "Mamba-2 shapes, with a baseline measured in the same run.")
+    bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
+
+    d = bsub.add_parser("decode", help="ms/token of CUDA-graphed decoding",
+                        epilog="example: ssmquant bench decode --preset 1.3b --weights ternary --batch 1 "
+                               "--prompt-len 16 --new-tokens 256",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(d)
+    d.add_argument("--weights", choices=["ternary", "fp16"], default="ternary", help="projection weights")
+    d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
+    d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
+    d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
+    d.add_argument("--no-baseline", action="store_true", help="skip the fp16 and eager PyTorch baselines")
+    d.set_defaults(func=_run_decode)
+
+    g = bsub.add_parser("gemv", help="ternary GEMV vs cuBLAS fp16 in a CUDA graph over rotating weight copies",
+                        epilog="example: ssmquant bench gemv --preset 1.3b --copies 50",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(g)
+    g.add_argument("--batch", type=int, default=1, help="activation rows (default 1)")
+    g.add_argument("--copies", type=int, default=50, help="rotating weight copies, >= 50 defeats L2 (default 50)")
+    g.add_argument("--sweep", action="store_true", help="also try a grid of tile configs")
+    g.set_defaults(func=_run_gemv)
+
+    f = bsub.add_parser("prefill", help="tokens/s of prompt processing, ternary (Triton GEMM) vs fp16",
+                        epilog="example: ssmquant bench prefill --preset 1.3b --batch 1 --seqlen 2048",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(f)
+    f.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
+    f.add_argument("--seqlen", type=int, default=2048, help="tokens per sequence (default 2048)")
+    f.set_defaults(func=_run_prefill)
+    p.set_defaults(func=lambda a: p.print_help())
+
+
+def _common(p) -> None:
+    p.add_argument("--preset", default="1.3b", help="model shape: 130m, 370m, 780m, 1.3b, 2.7b (default 1.3b)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (median reported)")
+    p.add_argument("--group-size", type=int, default=128, help="inputs per ternary scale (default 128)")
+    p.add_argument("--output", default=None, help="also write the JSON to this file")
+
+
+def _need_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise SSMQuantError("bench needs a CUDA GPU")
+
+
+def _emit(result: dict, path: str | None) -> None:
+    text = json.dumps(result, indent=2)
+    sys.stdout.write(text + "\n")
+    if path:
+        with open(path, "w") as fh:
+            fh.write(text + "\n")
+
+
+def _run_decode(a) -> None:
+    _need_cuda()
+    from ..bench.gpu import DecodeBenchConfig, bench_decode
+
+    cfg = DecodeBenchConfig(preset=a.preset, weights=a.weights, batch=a.batch, prompt_len=a.prompt_len,
+                            new_tokens=a.new_tokens, group_size=a.group_size, baseline=not a.no_baseline,
+                            **({"reps": a.reps} if a.reps else {}))
+    _emit(bench_decode(cfg), a.output)
+
+
+def _run_gemv(a) -> None:
+    _need_cuda()
+    from ..bench.gpu import GemvBenchConfig, bench_gemv
+
+    cfg = GemvBenchConfig(preset=a.preset, batch=a.batch, copies=a.copies, group_size=a.group_size, sweep=a.sweep,
+                          **({"reps": a.reps} if a.reps else {}))
+    _emit(bench_gemv(cfg), a.output)
+
+
+def _run_prefill(a) -> None:
+    _need_cuda()
+    from ..bench.gpu import PrefillBenchConfig, bench_prefill
+
+    cfg = PrefillBenchConfig(preset=a.preset, batch=a.batch, seqlen=a.seqlen, group_size=a.group_size,
+                             **({"reps": a.reps} if a.reps else {}))
+    _emit(bench_prefill(cfg), a.output)
