@@ -12,7 +12,13 @@ from ..errors import SSMQuantError
 def register(sub) -> None:
     p = sub.add_parser("bench", help="GPU speed benchmarks (decode, ternary GEMV, prefill), JSON out",
                        description="Time the fast Triton/CUDA-graph paths on random-weight models of the published "
-                                   "Mamba-2 shapes, with a baseline measured in the same run.")
+                                   "Mamba-2 shapes, with a baseline measured in the same run.",
+                       epilog="examples:\n"
+                              "  ssmquant bench decode --preset 1.3b --weights ternary --batch 1 --prompt-len 16 "
+                              "--new-tokens 256\n"
+                              "  ssmquant bench gemv --preset 1.3b --copies 50\n"
+                              "  ssmquant bench prefill --preset 1.3b --batch 1 --seqlen 2048",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
 
     d = bsub.add_parser("decode", help="ms/token of CUDA-graphed decoding",
