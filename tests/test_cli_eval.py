@@ -5,14 +5,13 @@ import json
 import math
 
 import pytest
+from conftest import tiny_model
 
 from ssmquant.cli import build_parser, main
 from ssmquant.cli import eval as cli_eval
 from ssmquant.eval.drift import add_weight_noise_
 from ssmquant.io.bundled import SAMPLE_HELDOUT
 from ssmquant.io.checkpoints import save_model
-
-from conftest import tiny_model
 
 TEXT = ("The quick brown fox jumps over the lazy dog. State space models scan sequences.\n<|endoftext|>\n"
         "Ternary weights are minus one, zero or plus one. The lazy dog sleeps.\n") * 3

@@ -4,11 +4,17 @@ import copy
 
 import pytest
 import torch
-
-from ssmquant.eval.drift import (add_weight_noise_, position_buckets, posthoc_ternary, read_positions, state_drift,
-                                 summarize_drift, ternary_error_rms)
-
 from conftest import tiny_model
+
+from ssmquant.eval.drift import (
+    add_weight_noise_,
+    position_buckets,
+    posthoc_ternary,
+    read_positions,
+    state_drift,
+    summarize_drift,
+    ternary_error_rms,
+)
 
 
 def _ids(n=2, L=24, vocab=100, seed=0):

@@ -148,7 +148,9 @@ def _run_lm_eval(args) -> None:
     if argv in ([], ["-h"], ["--help"]):
         args._lm_eval_parser.print_help()
         raise SystemExit(0)
-    from ..eval.lmeval import run_lm_eval_cli  # needs lm-eval: a one-line SSMQuantError otherwise
+    from ..eval.lmeval import (
+        run_lm_eval_cli,  # needs lm-eval: a one-line SSMQuantError otherwise
+    )
 
     try:
         run_lm_eval_cli(argv)

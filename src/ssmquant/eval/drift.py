@@ -48,7 +48,6 @@ from torch import nn
 from ..errors import ConfigError, DataError
 from .perplexity import HF_TEXT_DATASETS, read_text
 
-
 # --------------------------------------------------------------------------------------------------------------
 # Positions and text
 # --------------------------------------------------------------------------------------------------------------
@@ -233,7 +232,7 @@ def summarize_drift(raw: dict, buckets: list[tuple[int, int]]) -> dict:
     pos = torch.tensor(raw["positions"])
     out = {}
     for name, a in raw["models"].items():
-        n_layer, L = a["block_err2"].shape
+        n_layer = a["block_err2"].shape[0]
         r: dict = {"state": {"per_bucket": [], "per_position": []}, "block": {"per_bucket": [], "per_position": []}}
         for i in range(n_layer):
             sb, bb = [], []
@@ -296,6 +295,7 @@ class DriftConfig:
 def run_drift(cfg: DriftConfig) -> dict:
     """Load the models named in ``cfg``, measure drift, write drift.json / drift.png / drift_config.json, print."""
     import ssmquant
+
     from ..io.bundled import SAMPLE_HELDOUT, TEACHER_DIR
 
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -350,8 +350,8 @@ def format_drift_table(results: dict) -> str:
     """Per model and layer: the relative state and block errors in each position bucket, and last/first growth."""
     buckets = results["buckets"]
     heads = [f"{lo}-{hi}" for lo, hi in buckets]
-    lines = [f"relative error vs teacher ({results['n_seqs']} sequences × {results['seq_len']} tokens; "
-             "columns: position buckets)",
+    lines = [(f"relative error vs teacher ({results['n_seqs']} sequences × {results['seq_len']} tokens; "
+              "columns: position buckets)"),
              f"{'model':<16} {'layer':>5} {'what':<6} " + " ".join(f"{h:>10}" for h in heads) + f" {'growth':>7}"]
     for name, r in results["models"].items():
         for kind in ("state", "block"):
