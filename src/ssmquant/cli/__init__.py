@@ -21,7 +21,7 @@ examples:
 """
 
 # Subcommand modules, in --help order. Each has ``register(subparsers)``.
-SUBCOMMAND_MODULES = ["info", "generate", "train", "eval"]
+SUBCOMMAND_MODULES = ["info", "generate", "train", "eval", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:
