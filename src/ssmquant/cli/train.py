@@ -118,7 +118,7 @@ def _run_pretrain(args) -> None:
 
 # The embedded default: `ssmquant distill` with no --teacher and no --data distils the bundled teacher on the bundled
 # sample text, on a 2-core CPU in a few minutes (docs/recipes.md shows how these were chosen).
-EMBEDDED_DEFAULT = dict(group_size=256, tokens="600K", seq_len=256, micro_batch=8, grad_accum=1, lr=2e-3,
+EMBEDDED_DEFAULT = dict(group_size=256, tokens="200K", seq_len=256, micro_batch=8, grad_accum=1, lr=2e-3,
                         warmup_frac=0.05, report_tokens=16384, eval_sequences=8, log_every=5)
 GENERAL_DEFAULT = dict(group_size=128, tokens="10M", seq_len=2048, micro_batch=8, grad_accum=1, lr=1e-3,
                        warmup_frac=0.05, report_tokens=0, eval_sequences=16, log_every=10)

@@ -169,9 +169,15 @@ class ZeroRatioMonitor:
         metrics["quant/collapse_events"] = float(len(self._step_events))
         self.events.extend(self._step_events)
         if "warn" in cfg.policies:
+            # Once per layer: later events of the same layer are counted in the metrics, not repeated on screen.
+            warned = {e.layer for e in self.events[: len(self.events) - len(self._step_events)]}
             for ev in self._step_events:
+                if ev.layer in warned:
+                    continue
+                warned.add(ev.layer)
                 log.warning("step %d: ternary layer %s may be collapsing (%s): zero fraction %.3f, rising %.3f per "
-                            "1k steps", ev.step, ev.layer, ev.reason, ev.zero_frac, ev.rise_per_kstep)
+                            "1k steps (further events of this layer: see quant/collapse_events in metrics.jsonl)",
+                            ev.step, ev.layer, ev.reason, ev.zero_frac, ev.rise_per_kstep)
         return metrics
 
     def penalty(self, model: nn.Module) -> Tensor | None:
