@@ -101,14 +101,20 @@ def plot_metrics(run_dir: Path, *, groups: dict[str, list[str]] | None = None) -
         present = [k for k in keys if series.get(k)]
         if not present:
             continue
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+        many = len(present) > 4
+        fig, ax = plt.subplots(figsize=(8.5 if many else 6, 3.5))
         for k in present:
             xs, ys = zip(*series[k])
-            ax.plot(xs, ys, label=k, marker="o" if len(xs) < 30 else None, markersize=3)
+            # Per-layer series ("quant/zero_frac/backbone.layers.0.mixer.in_proj") are labelled by layer only.
+            label = k[len(keys[0]) + 1:].replace("backbone.", "") if k.startswith(keys[0] + "/") else k
+            ax.plot(xs, ys, label=label, marker="o" if len(xs) < 30 else None, markersize=3,
+                    linewidth=2.5 if k == keys[0] and many else 1.2)
         ax.set_xlabel("tokens")
         ax.set_title(name)
-        if len(present) > 1 or len(present[0]) < 20:
-            ax.legend(fontsize=7, ncol=2 if len(present) > 6 else 1)
+        if many:
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        elif len(present) > 1:
+            ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         path = out_dir / f"{name}.png"
