@@ -156,8 +156,10 @@ def test_distill_resume_is_bit_exact(tmp_path, teacher_dir, corpus, tiny_tokeniz
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="torchrun with gloo")
-def test_torchrun_two_processes_match_one_and_resume_on_one(tmp_path, teacher_dir, corpus, tiny_tokenizer):
-    """DDP (gloo, 2 processes) with the same global batch as 1 process: same losses; its checkpoint resumes on 1."""
+@pytest.mark.parametrize("mode", ["ddp", "fsdp"])
+def test_torchrun_two_processes_match_one_and_resume_on_one(tmp_path, teacher_dir, corpus, tiny_tokenizer, mode):
+    """DDP or FSDP2 (gloo, 2 processes) with the same global batch as 1 process: same losses; the 2-process
+    checkpoint resumes on 1 process."""
     tiny_tokenizer.save(tmp_path / "tok")
     common = ["distill", "--teacher", str(teacher_dir), "--data", str(corpus), "--tokens", str(6 * 4 * 32),
               "--seq-len", "32", "--micro-batch", "2", "--grad-accum", "2", "--group-size", "32", "--lr", "3e-3",
@@ -167,9 +169,11 @@ def test_torchrun_two_processes_match_one_and_resume_on_one(tmp_path, teacher_di
     one = subprocess.run([sys.executable, "-m", "ssmquant", *common, "--out", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr[-2000:]
+    extra = ["--fsdp"] if mode == "fsdp" else []
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", "-m", "ssmquant", *common, "--out", str(tmp_path / "two"),
-                          "--stop-after-steps", "3"], capture_output=True, text=True, env=env)
+                          "--master_port", "29517" if mode == "ddp" else "29518", "-m", "ssmquant", *common,
+                          "--out", str(tmp_path / "two"), "--stop-after-steps", "3", *extra],
+                         capture_output=True, text=True, env=env)
     assert two.returncode == 0, two.stderr[-2000:]
     resumed = subprocess.run([sys.executable, "-m", "ssmquant", *common, "--out", str(tmp_path / "two"),
                               "--resume"], capture_output=True, text=True, env=env)

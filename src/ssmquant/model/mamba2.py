@@ -149,6 +149,13 @@ class Mamba2Block(nn.Module):
         self.norm = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer = Mamba2Mixer(cfg, layer_idx)
 
+    def forward(self, residual: torch.Tensor, cache: InferenceCache | None, dtype: torch.dtype) -> torch.Tensor:
+        """residual (b, l, d) (fp32 when residual_in_fp32) -> the updated residual stream; mixer input in ``dtype``.
+
+        Called as a module (not by reaching into ``norm`` / ``mixer``) so wrappers such as FSDP2 see each block.
+        """
+        return residual + self.mixer(self.norm(residual, out_dtype=dtype), cache).to(residual.dtype)
+
 
 class Mamba2Backbone(nn.Module):
     def __init__(self, cfg: Mamba2Config):
@@ -171,7 +178,7 @@ class Mamba2Backbone(nn.Module):
         for layer in self.layers:
             if hidden_states_out is not None:
                 hidden_states_out.append(residual)
-            residual = residual + layer.mixer(layer.norm(residual, out_dtype=dtype), cache).to(residual.dtype)
+            residual = layer(residual, cache, dtype)
         if hidden_states_out is not None:
             hidden_states_out.append(residual)
         if cache is not None:
@@ -192,14 +199,17 @@ class Mamba2LMHeadModel(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None, *,
                 logits_to_keep: int = 0, hidden_states_out: list | None = None,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, head_fn=None):
         """input_ids (b, l) long -> logits (b, l, v), or (b, logits_to_keep, v) for the last positions only.
 
         With ``cache`` (from ``allocate_cache``) the call continues the cached sequences and updates the cache:
         a prompt of any length (prefill) or one token at a time (decode). ``return_hidden`` returns the final
-        normed hidden states (b, l, d) instead of logits, for losses that apply the head in chunks.
+        normed hidden states (b, l, d) instead of logits. ``head_fn(hidden, lm_head)`` returns whatever it computes
+        from them (a chunked distillation loss): it runs inside this forward, where a sharded (FSDP) head is whole.
         """
         hidden = self.backbone(input_ids, cache, hidden_states_out)
+        if head_fn is not None:
+            return head_fn(hidden, self.lm_head)
         if return_hidden:
             return hidden
         if logits_to_keep > 0:

@@ -11,7 +11,7 @@ from ..errors import ConfigError
 
 # Fields that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = {"out", "resume", "overwrite", "save_every", "keep_last", "log_every", "device", "time_limit",
-                     "progress", "eval_every", "stop_after_steps", "plot"}
+                     "progress", "eval_every", "stop_after_steps", "plot", "fsdp"}
 
 
 def parse_count(s: str | int) -> int:
@@ -53,6 +53,7 @@ class TrainConfig:
     cache_dir: str | None = None
     device: str | None = None
     compile: bool = False
+    fsdp: bool = False               # under torchrun: FSDP2 (fully_shard per block) instead of DDP
     time_limit: float = 0.0          # seconds; stop cleanly (checkpoint, exit 0) once exceeded, 0 = none
     stop_after_steps: int = 0        # stop cleanly after this many steps in this process (resumable), 0 = none
     resume: bool = False

@@ -51,11 +51,54 @@ def wrap_ddp(model: torch.nn.Module, ctx: DistContext, device: torch.device):
     return DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
 
 
-def no_sync(model, ctx: DistContext, *, last: bool):
-    """Skip the gradient all-reduce on all but the last micro-batch of an accumulation."""
-    if ctx.enabled and not last:
-        return model.no_sync()
-    return nullcontext()
+def no_sync(model, ctx: DistContext, *, last: bool, fsdp: bool = False):
+    """Skip the gradient all-reduce (DDP) or reduce-scatter (FSDP2) on all but the last micro-batch."""
+    if not ctx.enabled:
+        return nullcontext()
+    if fsdp:
+        model.set_requires_gradient_sync(last)
+        return nullcontext()
+    return model.no_sync() if not last else nullcontext()
+
+
+def shard_fsdp(model: torch.nn.Module) -> None:
+    """FSDP2: shard each Mamba-2 block, then the root (embedding, final norm, head stay together, tied or not)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for layer in model.backbone.layers:
+        fully_shard(layer)
+    fully_shard(model)
+
+
+def full_state(model: torch.nn.Module, optimizer) -> tuple[dict, dict | None]:
+    """Unsharded model and optimizer state on CPU, keyed by parameter names (valid for any process count).
+
+    Collective when the model is sharded: every rank must call it.
+    """
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                         get_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    msd = get_model_state_dict(model, options=opts)
+    osd = get_optimizer_state_dict(model, optimizer, options=opts) if optimizer is not None else None
+    return msd, osd
+
+
+def load_full_state(model: torch.nn.Module, optimizer, model_sd: dict, optim_sd: dict) -> None:
+    """Inverse of ``full_state`` on every rank (sharded or not)."""
+    from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                         set_optimizer_state_dict)
+
+    opts = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=opts)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=opts)
+
+
+def to_float(t) -> float:
+    """A scalar tensor (or DTensor, as FSDP2's gradient norm is) as a Python float."""
+    if hasattr(t, "full_tensor"):
+        t = t.full_tensor()
+    return float(t)
 
 
 def all_reduce_mean(t: torch.Tensor, ctx: DistContext) -> torch.Tensor:

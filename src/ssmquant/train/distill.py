@@ -140,17 +140,22 @@ class DistillTask(LMTask):
         cfg = self.cfg
         s_states: list | None = [] if cfg.hidden_weight else None
         t_states: list | None = [] if cfg.hidden_weight else None
-        hs = model(x, return_hidden=True, hidden_states_out=s_states)
         with torch.no_grad():
             ht = self.teacher(x, return_hidden=True, hidden_states_out=t_states)
-        core = getattr(model, "module", model)   # DDP / compile wrappers
-        core = getattr(core, "_orig_mod", core)
-        loss, parts = kd_loss(hs, core.lm_head, ht, self.teacher.lm_head, y, temperature=cfg.temperature,
-                              kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight, max_logits=cfg.kd_max_logits)
+
+        def head_loss(hs, head):
+            return kd_loss(hs, head, ht, self.teacher.lm_head, y, temperature=cfg.temperature,
+                           kd_weight=cfg.kd_weight, ce_weight=cfg.ce_weight, max_logits=cfg.kd_max_logits)
+
+        # The loss is computed inside the student's forward (head_fn): DDP sees it as the output, FSDP has the
+        # head unsharded there.
+        loss, parts = model(x, hidden_states_out=s_states, head_fn=head_loss)
         if cfg.hidden_weight:
             h = hidden_mse(s_states, t_states)
             loss = loss + cfg.hidden_weight * h
             parts["hidden_mse"] = float(h)
+        core = getattr(model, "module", model)   # DDP / compile wrappers
+        core = getattr(core, "_orig_mod", core)
         pen = self.monitor.penalty(core)
         if pen is not None:
             loss = loss + pen
@@ -186,9 +191,8 @@ class DistillTask(LMTask):
         t_loss = 0.0
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i:i + batch_size], y[i:i + batch_size]
-            hs = model(xb, return_hidden=True)
             ht = self.teacher(xb, return_hidden=True)
-            _, parts = kd_loss(hs, model.lm_head, ht, self.teacher.lm_head, yb, kd_weight=1.0)
+            _, parts = model(xb, head_fn=lambda hs, head: kd_loss(hs, head, ht, self.teacher.lm_head, yb))
             kl_sum += parts["kl"] * yb.numel()
             if self._teacher_val is None:
                 t_loss += float(lm_cross_entropy(self.teacher(xb), yb)) * yb.numel()

@@ -15,7 +15,9 @@ Guarantees a user relies on:
   directory that holds a previous run).
 * SIGTERM / SIGINT / ``--time-limit`` stop at the next step boundary after writing a checkpoint.
 * a NaN/Inf loss or gradient stops the run with a clear message; nothing after the last good checkpoint is saved.
-* under ``torchrun`` the same code runs DDP; the global batch is micro_batch x grad_accum whatever the process count.
+* under ``torchrun`` the same code runs DDP (or FSDP2 with ``--fsdp``: parameters, gradients and optimizer state
+  sharded); the global batch is micro_batch x grad_accum whatever the process count, and checkpoints hold full
+  (unsharded) state, so a run resumes on any number of processes, with or without ``--fsdp``.
 """
 
 from __future__ import annotations
@@ -152,6 +154,9 @@ def train(task, cfg: TrainConfig) -> dict:
 
     # ---- model, optimizer, schedule ----
     model = task.build_model(device)
+    sharded = cfg.fsdp and ctx.enabled
+    if sharded:
+        dist.shard_fsdp(model)  # before the optimizer is built: FSDP2 replaces the parameters by sharded ones
     param_groups = task.param_groups(model, cfg)
     optimizer = torch.optim.AdamW(param_groups, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay,
                                   fused=device.type == "cuda")
@@ -165,8 +170,7 @@ def train(task, cfg: TrainConfig) -> dict:
         found = load_latest_checkpoint(ckpt_dir, warn=log)
         if found is not None:
             path, state = found
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
+            dist.load_full_state(model, optimizer, state["model"], state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
             batcher.load_state_dict(state["data"])
             task.load_state_dict(state.get("task", {}))
@@ -175,7 +179,7 @@ def train(task, cfg: TrainConfig) -> dict:
             log(f"resumed from {path} (step {step}, {tokens_seen:,} tokens)")
         else:
             log(f"--resume: no checkpoint in {ckpt_dir} yet; starting from step 0")
-    train_model = dist.wrap_ddp(model, ctx, device)
+    train_model = model if sharded else dist.wrap_ddp(model, ctx, device)
     if cfg.compile:
         train_model = torch.compile(train_model)
     metrics = MetricsLog(out / "metrics.jsonl", resume_step=step if cfg.resume else None) if is_main else None
@@ -188,8 +192,9 @@ def train(task, cfg: TrainConfig) -> dict:
 
     def checkpoint():
         rng = dist.gather_objects(_rng_state(), ctx)
+        model_sd, optim_sd = dist.full_state(model, optimizer)   # every rank takes part in the gather
         if is_main:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {"model": model_sd, "optimizer": optim_sd,
                      "scheduler": scheduler.state_dict(), "data": batcher.state_dict(), "task": task.state_dict(),
                      "rng": rng, "step": step, "tokens": tokens_seen}
             save_checkpoint(ckpt_dir, step, state, keep_last=cfg.keep_last)
@@ -214,9 +219,10 @@ def train(task, cfg: TrainConfig) -> dict:
     stopped_early = None
     model.train()
     try:
-        if step == 0 and is_main:
-            first = {"step": 0, "tokens": 0, **evaluate()}
-            metrics.write(first)
+        if step == 0:
+            first = {"step": 0, "tokens": 0, **evaluate()}   # all ranks evaluate: FSDP forwards are collective
+            if is_main:
+                metrics.write(first)
         t_window, tok_window = time.time(), 0
         while step < total_steps:
             loss_sum = torch.zeros((), device=device)
@@ -224,7 +230,7 @@ def train(task, cfg: TrainConfig) -> dict:
             for micro in range(accum):
                 x, y = next(batcher)
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                sync = dist.no_sync(train_model, ctx, last=(micro == accum - 1))
+                sync = dist.no_sync(train_model, ctx, last=(micro == accum - 1), fsdp=sharded)
                 with sync, autocast():
                     loss, parts = task.loss(train_model, x, y)
                 (loss / accum).backward()
@@ -232,8 +238,8 @@ def train(task, cfg: TrainConfig) -> dict:
                 for k, v in parts.items():
                     logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / accum
             loss_val = float(dist.all_reduce_mean(loss_sum, ctx))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                             cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
+            grad_norm = dist.to_float(torch.nn.utils.clip_grad_norm_(
+                model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
             if not math.isfinite(loss_val) or not math.isfinite(grad_norm):
                 what = "loss" if not math.isfinite(loss_val) else "gradient norm"
                 raise TrainingError(
@@ -258,8 +264,10 @@ def train(task, cfg: TrainConfig) -> dict:
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_window / dt:,.0f}")
                 t_window, tok_window = time.time(), 0
-            if is_main and (step % eval_every == 0 and step < total_steps):
-                metrics.write({"step": step, "tokens": tokens_seen, **evaluate()})
+            if step % eval_every == 0 and step < total_steps:
+                res = evaluate()
+                if is_main:
+                    metrics.write({"step": step, "tokens": tokens_seen, **res})
             if cfg.save_every and step % cfg.save_every == 0 and step < total_steps:
                 checkpoint()
             if stop.signal is not None:
@@ -284,6 +292,12 @@ def train(task, cfg: TrainConfig) -> dict:
             f"Continue with the same command and --resume.")
         dist.cleanup(ctx)
         return summary
+    if sharded:
+        # The final evaluation, export and report run on rank 0 with a plain (unsharded) copy of the model.
+        model_sd, _ = dist.full_state(model, None)
+        if is_main:
+            model = task.build_model(device)
+            model.load_state_dict(model_sd)
     if is_main:
         final = evaluate()
         metrics.write({"step": step, "tokens": tokens_seen, "final": True, **final})
