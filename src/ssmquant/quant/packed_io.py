@@ -203,6 +203,10 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
         raise ConfigError(f"runtime={runtime!r}: use one of {list(RUNTIMES)}")
     source = str(ckpt.config_path)
     qc = cfg_dict["quantization_config"]
+    if isinstance(qc, dict) and qc.get("method") == "dfssm":  # 1-bit scaffold + int8 low-rank: quant/dfssm_io.py
+        from .dfssm_io import load_dfssm_model
+
+        return load_dfssm_model(ckpt, cfg_dict, device=device, dtype=dtype, check_finite=check_finite)
     _check_qc(qc, source)
     cfg = Mamba2Config.from_dict(cfg_dict, source=source)
     dtype = _parse_dtype(dtype)
