@@ -21,7 +21,7 @@ examples:
 """
 
 # Subcommand modules, in --help order. Each has ``register(subparsers)``.
-SUBCOMMAND_MODULES = ["info", "generate", "train", "eval", "export", "bench"]
+SUBCOMMAND_MODULES = ["info", "generate", "train", "eval", "export", "bench", "ptq"]
 
 
 def build_parser() -> argparse.ArgumentParser:
