@@ -49,6 +49,14 @@ def register(sub) -> None:
     f.add_argument("--batch", type=int, default=1, help="sequences (default 1)")
     f.add_argument("--seqlen", type=int, default=2048, help="tokens per sequence (default 2048)")
     f.set_defaults(func=_run_prefill)
+    t = bsub.add_parser("train", help="tokens/s of a ternary QAT + KD step (teacher included) vs a plain step",
+                        epilog="example: ssmquant bench train --preset 1.3b --seq-len 2048 --micro-batch 1",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _common(t)
+    t.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
+    t.add_argument("--micro-batch", type=int, default=1, help="sequences per step (default 1)")
+    t.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 peak for MFU (default 989, H100 SXM)")
+    t.set_defaults(func=_run_train)
     p.set_defaults(func=lambda a: p.print_help())
 
 
@@ -100,3 +108,12 @@ def _run_prefill(a) -> None:
     cfg = PrefillBenchConfig(preset=a.preset, batch=a.batch, seqlen=a.seqlen, group_size=a.group_size,
                              **({"reps": a.reps} if a.reps else {}))
     _emit(bench_prefill(cfg), a.output)
+
+
+def _run_train(a) -> None:
+    _need_cuda()
+    from ..bench.train import TrainBenchConfig, bench_train
+
+    cfg = TrainBenchConfig(preset=a.preset, seq_len=a.seq_len, micro_batch=a.micro_batch,
+                           group_size=a.group_size, reps=a.reps or 5, peak_tflops=a.peak_tflops)
+    _emit(bench_train(cfg), a.output)
