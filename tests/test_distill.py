@@ -186,3 +186,24 @@ def test_torchrun_two_processes_match_one_and_resume_on_one(tmp_path, teacher_di
     assert a.keys() == b.keys()
     for step in a:
         assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5), (step, a[step], b[step])
+
+
+def test_distill_dfssm_end_to_end(tmp_path, teacher_dir, corpus, tiny_tokenizer):
+    """--method dfssm through the same trainer: KL falls, the saved model loads and equals the trained student."""
+    task = DistillTask(_dcfg(teacher_dir, method="dfssm", rank=4, group_size=32, scale_mode="fixed"), tiny_tokenizer)
+    s = train(task, _tcfg(tmp_path, corpus, tokens=12 * 4 * 32))
+    recs = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    kls = [r["val_kl"] for r in recs if "val_kl" in r]
+    assert kls[-1] < kls[0], kls
+    assert "dfssm_size" in s and s["student_ppl"] > 0
+    from ssmquant.quant.binary_lowrank import dfssm_quantize_
+
+    packed = ssmquant.load_model(tmp_path / "run" / "model")
+    ckpt = torch.load(sorted((tmp_path / "run" / "checkpoints").glob("step_*"))[-1] / "state.pt",
+                      weights_only=True)
+    student = tiny_model(**MODEL)
+    dfssm_quantize_(student, task.qcfg)
+    student.load_state_dict(ckpt["model"])
+    x = torch.randint(0, 300, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(student.eval()(x), packed(x))

@@ -150,12 +150,16 @@ def _add_distill(sub) -> None:
     g.add_argument("--teacher", default=None,
                    help="teacher checkpoint dir or Hub id (default: the bundled 3.8M Mamba-2)")
     g.add_argument("--tokenizer", default=None, help="tokenizer (default: the teacher's own, else GPT-NeoX-20B)")
-    g.add_argument("--method", default="ternary", choices=["ternary"], help="student weight format")
+    g.add_argument("--method", default="ternary", choices=["ternary", "dfssm"],
+                   help="ternary (W1.58A16, Ternary Mamba) or dfssm (1-bit scaffold + int8 low-rank, DF-SSM)")
+    g.add_argument("--rank", type=int, default=32, help="dfssm: rank of the int8 correction U.V (default 32)")
     g = p.add_argument_group("quantization")
     g.add_argument("--group-size", default=None,
-                   help="weights per scale along the input dim: 32 64 128 256 or row (default 128; 256 embedded)")
-    g.add_argument("--scale-mode", default="learnable", choices=["fixed", "learnable", "ema"],
-                   help="fixed = absmean each step; learnable = LSQ-trained; ema = moving absmean (default learnable)")
+                   help="weights per scale along the input dim: 32 64 128 256 or row "
+                        "(default 128; 256 embedded; dfssm 128 = Q1_0)")
+    g.add_argument("--scale-mode", default=None, choices=["fixed", "learnable", "ema"],
+                   help="fixed = absmean each step; learnable = LSQ-trained; ema = moving absmean "
+                        "(default learnable; dfssm: fixed, Q1_0's mean |w|)")
     g.add_argument("--scale-lr", type=float, default=None, help="learning rate of learnable scales (default: --lr)")
     g.add_argument("--include", nargs="+", default=[r"\.in_proj$", r"\.out_proj$"], metavar="REGEX",
                    help=r"module names to quantize (default \.in_proj$ \.out_proj$; add lm_head$ for the head)")
@@ -198,6 +202,11 @@ def _run_distill(args) -> None:
 
     embedded = args.teacher is None and args.data is None
     recipe = EMBEDDED_DEFAULT if embedded else GENERAL_DEFAULT
+    if args.method == "dfssm":
+        # DF-SSM's scaffold is llama.cpp's Q1_0: 128-weight groups with a mean |w| scale.
+        args.group_size = args.group_size or 128
+        args.scale_mode = args.scale_mode or "fixed"
+    args.scale_mode = args.scale_mode or "learnable"
     for key, value in recipe.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -219,7 +228,8 @@ def _run_distill(args) -> None:
                                 penalty_weight=args.penalty_weight, penalty_target=args.penalty_target)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    dcfg = DistillConfig(teacher=args.teacher or str(TEACHER_DIR), group_size=group, scale_mode=args.scale_mode,
+    dcfg = DistillConfig(teacher=args.teacher or str(TEACHER_DIR), method=args.method, rank=args.rank,
+                         group_size=group, scale_mode=args.scale_mode,
                          scale_lr=args.scale_lr, include=tuple(args.include), exclude=tuple(args.exclude),
                          temperature=args.temperature, kd_weight=args.kd_weight, ce_weight=args.ce_weight,
                          hidden_weight=args.hidden_weight, monitor=monitor, packing=args.packing,

@@ -36,6 +36,8 @@ class DistillConfig:
     """What is distilled into what (the trainer's own settings are in ``TrainConfig``)."""
 
     teacher: str
+    method: str = "ternary"                # or "dfssm": 1-bit scaffold + int8 low-rank correction
+    rank: int = 32                         # dfssm: rank of the correction U·V
     group_size: int | str = 128
     scale_mode: str = "learnable"
     scale_lr: float | None = None          # None: the weights' learning rate
@@ -60,10 +62,20 @@ class DistillConfig:
             raise ConfigError("--kd-weight and --ce-weight are both 0: nothing to train on")
         if self.packing not in ("2bit", "1.6bit"):
             raise ConfigError(f"--packing must be 2bit or 1.6bit (got {self.packing!r})")
+        if self.method not in ("ternary", "dfssm"):
+            raise ConfigError(f"--method must be ternary or dfssm (got {self.method!r})")
         self.include, self.exclude = tuple(self.include), tuple(self.exclude)
         self.quant_config()  # validate early
 
-    def quant_config(self) -> QuantConfig:
+    def quant_config(self):
+        """``QuantConfig`` (ternary) or ``DFSSMConfig`` (dfssm)."""
+        if self.method == "dfssm":
+            from ..quant.binary_lowrank import DFSSMConfig
+
+            if self.scale_mode == "ema":
+                raise ConfigError("--method dfssm supports --scale-mode fixed or learnable, not ema")
+            return DFSSMConfig(group_size=self.group_size, rank=self.rank, scale_mode=self.scale_mode,
+                               include=self.include, exclude=self.exclude)
         return QuantConfig(group_size=self.group_size, scale_mode=self.scale_mode, include=self.include,
                            exclude=self.exclude)
 
@@ -96,6 +108,42 @@ def post_hoc_ternary(teacher, qcfg: QuantConfig):
     return convert(base).eval()
 
 
+def post_hoc(teacher, qcfg):
+    """The untrained student of either method: RTN ternary, or DF-SSM with SVD-initialised factors."""
+    if isinstance(qcfg, QuantConfig):
+        return post_hoc_ternary(teacher, qcfg)
+    from ..quant.binary_lowrank import dfssm_convert, dfssm_quantize_
+
+    base = copy.deepcopy(teacher).float()
+    dfssm_quantize_(base, dataclasses.replace(qcfg, scale_mode="fixed"))
+    return dfssm_convert(base).eval()
+
+
+def _prepare(model, qcfg) -> None:
+    if isinstance(qcfg, QuantConfig):
+        quantize_(model, qcfg)
+    else:
+        from ..quant.binary_lowrank import dfssm_quantize_
+
+        dfssm_quantize_(model, qcfg)
+
+
+def _convert(model, qcfg):
+    if isinstance(qcfg, QuantConfig):
+        return convert(model)
+    from ..quant.binary_lowrank import dfssm_convert
+
+    return dfssm_convert(model)
+
+
+def _quant_info(qcfg) -> dict:
+    if isinstance(qcfg, QuantConfig):
+        return config_dict(qcfg)
+    from ..quant.binary_lowrank import dfssm_config_dict
+
+    return dfssm_config_dict(qcfg)
+
+
 class DistillTask(LMTask):
     name = "distill"
 
@@ -111,7 +159,7 @@ class DistillTask(LMTask):
 
     def describe(self) -> dict:
         return {**super().describe(), "teacher": str(self.cfg.teacher), "distill": self.cfg.to_dict(),
-                "quant": config_dict(self.qcfg)}
+                "quant": _quant_info(self.qcfg)}
 
     # ---- models ----
     def build_model(self, device):
@@ -123,12 +171,16 @@ class DistillTask(LMTask):
         self.teacher = teacher
         # Latent weights and scales stay fp32 (autocast does the 16-bit compute).
         student = copy.deepcopy(teacher).float().requires_grad_(True)
-        quantize_(student, self.qcfg)
-        if not any(True for _ in ternary_modules(student)):
+        _prepare(student, self.qcfg)
+        if not any(True for _ in ternary_modules(student)) and self.cfg.method == "ternary":
             raise ConfigError(f"no module matches --include {list(self.cfg.include)}: nothing would be quantized")
         return student.train()
 
     def param_groups(self, model, cfg) -> list[dict]:
+        if self.cfg.method == "dfssm":
+            from ..quant.binary_lowrank import dfssm_param_groups
+
+            return dfssm_param_groups(model, cfg.lr, cfg.weight_decay, scale_lr=self.cfg.scale_lr)
         groups = quant_param_groups(model, cfg.lr, cfg.weight_decay, self.cfg.scale_lr)
         # Split the weights group as for pretraining: no decay on vectors and SSM parameters.
         scales = [g for g in groups if g["name"] == "ternary_scales"]
@@ -203,7 +255,12 @@ class DistillTask(LMTask):
 
     # ---- output ----
     def save_final(self, model, directory: Path) -> None:
-        packed = convert(copy.deepcopy(model).eval())
+        packed = _convert(copy.deepcopy(model).eval(), self.qcfg)
+        if self.cfg.method == "dfssm":
+            from ..quant.dfssm_io import save_dfssm_model
+
+            save_dfssm_model(packed, directory, tokenizer=self.tokenizer, quant_info=_quant_info(self.qcfg))
+            return
         save_student(packed, directory, tokenizer=self.tokenizer, quant_info=config_dict(self.qcfg),
                      packing=self.cfg.packing)
 
@@ -217,9 +274,9 @@ class DistillTask(LMTask):
         # Non-overlapping 512-token windows (lm-eval's rolling style): each token is computed once per model.
         kw = dict(context=512, stride=512, batch_size=8, device=device,
                   max_tokens=self.cfg.report_tokens or None)
-        student = convert(copy.deepcopy(model).eval())
+        student = _convert(copy.deepcopy(model).eval(), self.qcfg)
         teacher = copy.deepcopy(self.teacher).float()  # the comparison runs in fp32 for all three models
-        baseline = post_hoc_ternary(teacher, self.qcfg).to(device)
+        baseline = post_hoc(teacher, self.qcfg).to(device)
         with torch.no_grad():
             rep = {"report_text": text,
                    "teacher_ppl": perplexity(teacher, self.tokenizer, text, **kw)["ppl"],
@@ -230,12 +287,15 @@ class DistillTask(LMTask):
         rep["zero_frac"] = sum(z * n for z, _, n in stats.values()) / max(1, numel)
         rep["post_hoc_zero_frac"] = _zero_frac(baseline)
         rep["collapse_events"] = len(self.monitor.events)
-        try:
+        if self.cfg.method == "dfssm":
+            from ..quant.binary_lowrank import dfssm_size_report
+
+            rep["dfssm_size"] = dfssm_size_report(student, rank=self.cfg.rank, group_size=self.qcfg.group_size,
+                                                  include=self.qcfg.include)
+        else:
             from ..quant.size import size_report
 
             rep["size"] = size_report(student)
-        except ImportError:
-            pass
         return rep
 
     def plot_groups(self) -> dict[str, list[str]]:
@@ -281,15 +341,15 @@ def format_distill_summary(s: dict) -> str:
         return ""
     lines = [f"held-out perplexity ({s.get('report_text')}):",
              f"  teacher            {s['teacher_ppl']:10.2f}",
-             f"  ternary QAT + KD   {s['student_ppl']:10.2f}   ({s['student_ppl'] / s['teacher_ppl']:.3f} x teacher)",
-             f"  post-hoc ternary   {s['post_hoc_ppl']:10.2f}   ({s['post_hoc_ppl'] / s['teacher_ppl']:.3f} x teacher)",
+             f"  QAT + KD student   {s['student_ppl']:10.2f}   ({s['student_ppl'] / s['teacher_ppl']:.3f} x teacher)",
+             f"  post-hoc (no KD)   {s['post_hoc_ppl']:10.2f}   ({s['post_hoc_ppl'] / s['teacher_ppl']:.3f} x teacher)",
              f"zero fraction of codes: student {s['zero_frac']:.3f}, post-hoc {s['post_hoc_zero_frac']:.3f}; "
              f"collapse events: {s['collapse_events']}"]
     if "size" in s:
-        try:
-            from ..quant.size import format_size_report
+        from ..quant.size import format_size_report
 
-            lines.append(format_size_report(s["size"]))
-        except ImportError:
-            pass
+        lines.append(format_size_report(s["size"]))
+    if "dfssm_size" in s:
+        lines.append("DF-SSM size: " + ", ".join(f"{k} {v:,.2f}" if isinstance(v, float) else f"{k} {v}"
+                                                 for k, v in s["dfssm_size"].items() if not isinstance(v, dict)))
     return "\n".join(lines)
