@@ -260,6 +260,8 @@ def train(task, cfg: TrainConfig) -> dict:
                 rec = {"step": step, "tokens": tokens_seen, "loss": loss_val, "lr": scheduler.get_last_lr()[0],
                        "grad_norm": grad_norm, "tok_per_s": tok_window / dt, "elapsed_s": time.time() - t_start,
                        **logs_acc, **task.step_metrics(model, step)}
+                if device.type == "cuda":
+                    rec["peak_mem_gb"] = torch.cuda.max_memory_allocated(device) / 1e9
                 metrics.write(rec)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss_val:.3f}", tok_s=f"{tok_window / dt:,.0f}")
