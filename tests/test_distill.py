@@ -179,13 +179,25 @@ def test_torchrun_two_processes_match_one_and_resume_on_one(tmp_path, teacher_di
                               "--resume"], capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
+    # And the other way: a 1-process checkpoint resumed on 2 processes.
+    first = subprocess.run([sys.executable, "-m", "ssmquant", *common, "--out", str(tmp_path / "back"),
+                            "--stop-after-steps", "2"], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr[-2000:]
+    on_two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29519" if mode == "ddp" else "29520", "-m", "ssmquant", *common,
+                             "--out", str(tmp_path / "back"), "--resume", *extra],
+                            capture_output=True, text=True, env=env)
+    assert on_two.returncode == 0, on_two.stderr[-2000:]
+
     def losses(run):
         return {r["step"]: r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl").read_text()
                                                   .splitlines()) if "loss" in r}
-    a, b = losses("one"), losses("two")
-    assert a.keys() == b.keys()
-    for step in a:
-        assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5), (step, a[step], b[step])
+    a = losses("one")
+    for run in ("two", "back"):
+        b = losses(run)
+        assert a.keys() == b.keys(), run
+        for step in a:
+            assert a[step] == pytest.approx(b[step], rel=1e-4, abs=1e-5), (run, step, a[step], b[step])
 
 
 def test_distill_dfssm_end_to_end(tmp_path, teacher_dir, corpus, tiny_tokenizer):

@@ -15,7 +15,7 @@ def test_embedded_default_distill(tmp_path, capsys):
     wall = time.time() - t0
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     out = capsys.readouterr().out
-    assert "ternary QAT + KD" in out and "post-hoc ternary" in out and "paper way" in out
+    assert "QAT + KD student" in out and "post-hoc (no KD)" in out and "paper way" in out
     assert s["student_ppl"] < s["post_hoc_ppl"], s
     assert s["student_ppl"] <= 1.5 * s["teacher_ppl"], s
     assert wall < 300, f"the embedded default took {wall:.0f} s (> 5 minutes)"
