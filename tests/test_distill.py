@@ -14,7 +14,7 @@ from ssmquant.errors import ConfigError, DataError
 from ssmquant.io.checkpoints import save_model
 from ssmquant.quant import MonitorConfig, QuantConfig, find_bypassed_modules, quantize_, ternary_modules
 from ssmquant.train.config import TrainConfig
-from ssmquant.train.distill import DistillConfig, DistillTask, distill
+from ssmquant.train.distill import DistillConfig, DistillTask
 from ssmquant.train.losses import kd_loss
 from ssmquant.train.trainer import train
 

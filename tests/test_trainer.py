@@ -2,7 +2,6 @@
 
 import json
 import random
-import shutil
 
 import pytest
 import torch
@@ -156,4 +155,4 @@ def test_sigterm_writes_a_checkpoint_and_resume_finishes(tmp_path, corpus, tiny_
     # Resume only for two more steps (stop-after-steps), proving it continues from the signal's checkpoint.
     r = subprocess.run(cmd + ["--resume", "--stop-after-steps", "2"], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-1000:]
-    assert f"resumed from" in r.stderr and f"step {stopped_at}" in r.stderr
+    assert "resumed from" in r.stderr and f"step {stopped_at}" in r.stderr

@@ -26,7 +26,7 @@ from typing import Iterator
 import torch
 
 from ..errors import CheckpointError, ConfigError
-from ..model.config import Mamba2Config, read_config_file
+from ..model.config import Mamba2Config
 from ..model.mamba2 import Mamba2LMHeadModel
 from . import names
 

@@ -39,6 +39,7 @@ from .packed_io import (
     PackedMamba2LMHeadModel,
     _hf_name,
     _set_submodule,
+    write_packed_dir,
 )
 
 METHOD = "dfssm"
@@ -49,10 +50,6 @@ def save_dfssm_model(model: nn.Module, directory: str | os.PathLike, *, tokenize
                      quant_info: dict | None = None) -> Path:
     """Write a converted DF-SSM model (``PackedBinaryLowRankLinear`` modules, see ``dfssm_convert``) to a directory
     that ``ssmquant.load_model`` reads. ``quant_info``: how it was made (e.g. ``dfssm_config_dict(cfg)``)."""
-    from safetensors.torch import save as st_save
-
-    from ..io.checkpoints import atomic_write_bytes, atomic_write_json
-
     cfg: Mamba2Config = model.config
     mods = {n: m for n, m in model.named_modules() if isinstance(m, PackedBinaryLowRankLinear)}
     if not mods:
@@ -84,19 +81,7 @@ def save_dfssm_model(model: nn.Module, directory: str | os.PathLike, *, tokenize
           "group_size": gs[0] if len(gs) == 1 else gs, "rank": ranks[0] if len(ranks) == 1 else ranks,
           "scale_dtype": str(next(iter(mods.values())).scale.dtype).replace("torch.", ""),
           "modules": modules, "quant_config": quant_info or {}}
-    conf = cfg.to_hf_dict()
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        conf.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.eos_token_id)
-    conf["torch_dtype"] = str(model.backbone.norm_f.weight.dtype).replace("torch.", "")
-    conf["quantization_config"] = qc
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(d / "model.safetensors", st_save(out, metadata={"format": "pt", "ssmquant": FORMAT}))
-    atomic_write_json(d / "config.json", conf)
-    if tokenizer is not None:
-        tokenizer.save(d)
-    return d
+    return write_packed_dir(directory, cfg, out, qc, tokenizer=tokenizer, dtype=model.backbone.norm_f.weight.dtype)
 
 
 def load_dfssm_model(ckpt, cfg_dict: dict, *, device=None, dtype=None,

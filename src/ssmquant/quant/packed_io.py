@@ -99,9 +99,7 @@ def save_packed_model(model: nn.Module, directory: str | os.PathLike, *, tokeniz
     ``quant_info``: JSON data describing how the model was quantized (e.g. ``config_dict(QuantConfig)``), stored as
     ``quantization_config.quant_config``. Returns the directory.
     """
-    from safetensors.torch import save as st_save
 
-    from ..io.checkpoints import atomic_write_bytes, atomic_write_json
 
     if packing not in CODES_PER_BYTE:
         raise ConfigError(f"packing={packing!r}: use one of {list(CODES_PER_BYTE)}")
@@ -150,26 +148,38 @@ def save_packed_model(model: nn.Module, directory: str | os.PathLike, *, tokeniz
         "group_size": gs[0] if len(gs) == 1 else gs, "scale_dtype": sdt[0] if len(sdt) == 1 else sdt,
         "modules": modules, "int8_modules": sorted(int8), "quant_config": quant_info or {},
     }
-    conf = cfg.to_hf_dict()
-    if tokenizer is not None and tokenizer.eos_token_id is not None:
-        conf.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=tokenizer.eos_token_id)
     dense = [v for k, v in model.state_dict().items() if k.endswith("norm_f.weight")]
-    conf["torch_dtype"] = str(dense[0].dtype).replace("torch.", "") if dense else "float32"
-    conf["quantization_config"] = qc
-
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(d / "model.safetensors", st_save(out, metadata={"format": "pt", "ssmquant": FORMAT}))
-    atomic_write_json(d / "config.json", conf)
-    if tokenizer is not None:
-        tokenizer.save(d)
-    return d
+    return write_packed_dir(directory, cfg, out, qc, tokenizer=tokenizer,
+                            dtype=dense[0].dtype if dense else torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Loading
 # ---------------------------------------------------------------------------------------------------------------
+
+
+def write_packed_dir(directory, cfg: Mamba2Config, tensors: dict, quantization_config: dict, *, tokenizer=None,
+                     dtype: torch.dtype = torch.float32) -> Path:
+    """Write a quantized model directory: config.json (HF dialect + ``quantization_config``), model.safetensors
+    (atomic writes) and the tokenizer. Shared by the ternary (this module) and DF-SSM (``dfssm_io``) formats."""
+    from safetensors.torch import save as st_save
+
+    from ..io.checkpoints import atomic_write_bytes, atomic_write_json
+
+    conf = cfg.to_hf_dict()
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        conf.update(eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=tokenizer.eos_token_id)
+    conf["torch_dtype"] = str(dtype).replace("torch.", "")
+    conf["quantization_config"] = quantization_config
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(d / "model.safetensors",
+                       st_save(tensors, metadata={"format": "pt", "ssmquant": quantization_config["format"]}))
+    atomic_write_json(d / "config.json", conf)
+    if tokenizer is not None:
+        tokenizer.save(d)
+    return d
 
 def _check_qc(qc: dict, source: str) -> None:
     if not isinstance(qc, dict):
