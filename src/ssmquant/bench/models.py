@@ -8,7 +8,6 @@ of those weights (``quant.ternary.ternary_codes_and_scales``), i.e. what ``quant
 
 from __future__ import annotations
 
-import math
 
 import torch
 
@@ -21,7 +20,7 @@ def random_model(preset: str, *, weights: str = "fp16", group_size: int = 128, d
     with one fp16 scale per ``group_size`` inputs).
     """
     from ..model.config import preset_config
-    from ..model.mamba2 import Mamba2LMHeadModel
+    from ..model.mamba2 import Mamba2LMHeadModel, init_ssm_parameters_
 
     cfg = preset_config(preset)
     torch.manual_seed(seed)
@@ -29,14 +28,7 @@ def random_model(preset: str, *, weights: str = "fp16", group_size: int = 128, d
         model = Mamba2LMHeadModel(cfg)             # nn.Linear / nn.Conv1d default init, on the device
     model.backbone.embedding.weight.normal_(0, 0.02)
     for layer in model.backbone.layers:
-        mix = layer.mixer
-        h = cfg.nheads
-        dt = torch.exp(torch.rand(h, device=device) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
-                       + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
-        mix.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-        lo, hi = cfg.A_init_range
-        mix.A_log.copy_(torch.log(torch.rand(h, device=device) * (hi - lo) + lo))
-        mix.out_proj.weight.div_(math.sqrt(cfg.n_layer))
+        init_ssm_parameters_(layer.mixer, cfg)
     if weights == "ternary":
         to_ternary_(model, group_size)
     elif weights != "fp16":

@@ -246,23 +246,31 @@ class Mamba2LMHeadModel(nn.Module):
             self.backbone.embedding.weight.copy_(torch.randn(self.backbone.embedding.weight.shape, generator=gen)
                                                  * 0.02)
             for layer in self.backbone.layers:
-                mix = layer.mixer
-                h = cfg.nheads
-                # dt ~ log-uniform in [dt_min, dt_max], floored; dt_bias = softplus^-1(dt).
-                dt = torch.exp(torch.rand(h, generator=gen) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
-                               + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
-                mix.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-                lo, hi = cfg.A_init_range
-                mix.A_log.copy_(torch.log(torch.rand(h, generator=gen) * (hi - lo) + lo))
-                mix.D.fill_(1.0)
-                # GPT-2 style: scale residual-branch outputs by 1/sqrt(n_layer) (one residual add per block).
-                mix.out_proj.weight.div_(math.sqrt(cfg.n_layer))
+                init_ssm_parameters_(layer.mixer, cfg, gen)
             if not cfg.tie_embeddings:
                 _kaiming_uniform_(self.lm_head.weight, gen)
 
     def num_parameters(self) -> int:
         """Unique parameters (a tied head counted once)."""
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
+
+
+@torch.no_grad()
+def init_ssm_parameters_(mix: Mamba2Mixer, cfg: Mamba2Config, gen: torch.Generator | None = None) -> None:
+    """mamba-ssm's init of one mixer's dt_bias, A_log and D, plus the 1/sqrt(n_layer) out_proj scaling.
+
+    Random numbers are drawn on the CPU (``gen`` is a CPU generator) and copied to the parameters' device.
+    """
+    h = cfg.nheads
+    # dt ~ log-uniform in [dt_min, dt_max], floored; dt_bias = softplus^-1(dt).
+    dt = torch.exp(torch.rand(h, generator=gen) * (math.log(cfg.dt_max) - math.log(cfg.dt_min))
+                   + math.log(cfg.dt_min)).clamp(min=cfg.dt_init_floor)
+    mix.dt_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+    lo, hi = cfg.A_init_range
+    mix.A_log.copy_(torch.log(torch.rand(h, generator=gen) * (hi - lo) + lo))
+    mix.D.fill_(1.0)
+    # GPT-2 style: scale residual-branch outputs by 1/sqrt(n_layer) (one residual add per block).
+    mix.out_proj.weight.div_(math.sqrt(cfg.n_layer))
 
 
 def _kaiming_uniform_(w: torch.Tensor, gen) -> None:
