@@ -221,3 +221,26 @@ def test_size_arithmetic_1p3b_on_meta():
         assert got == r, (kw, got)
         assert dfssm_size_report(m, rank=r, **kw)["total_bytes"] <= budget < \
             dfssm_size_report(m, rank=r + 1, **kw)["total_bytes"]
+
+
+def test_dfssm_gguf_export_scaffold_only_on_request(tmp_path, tiny_tokenizer):
+    """A DF-SSM directory exports to GGUF only as its Q1_0 scaffold, only with --drop-lowrank, and reads back exact."""
+    pytest.importorskip("gguf")
+    from ssmquant.cli import main
+    from ssmquant.quant.binary_lowrank import DFSSMConfig, dfssm_convert, dfssm_quantize_
+    from ssmquant.quant.dfssm_io import read_q1_0_gguf, save_dfssm_model
+
+    from conftest import tiny_model
+
+    m = tiny_model(d_model=128, headdim=32, vocab_size=300, d_state=16)
+    dfssm_quantize_(m, DFSSMConfig(group_size=128, rank=4))
+    packed = dfssm_convert(m.eval())
+    save_dfssm_model(packed, tmp_path / "df", tokenizer=tiny_tokenizer)
+    assert main(["export", str(tmp_path / "df"), "--type", "q1_0", "--out", str(tmp_path / "x.gguf")]) == 2
+    assert not (tmp_path / "x.gguf").exists()
+    assert main(["export", str(tmp_path / "df"), "--type", "q1_0", "--drop-lowrank",
+                 "--out", str(tmp_path / "x.gguf")]) == 0
+    got = read_q1_0_gguf(tmp_path / "x.gguf")
+    mod = packed.backbone.layers[0].mixer.in_proj
+    signs, scale = got["blk.0.ssm_in.weight"]
+    assert torch.equal(signs, mod.signs.cpu()) and torch.equal(scale, mod.scale.cpu())

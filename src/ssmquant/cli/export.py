@@ -24,9 +24,12 @@ def register(sub) -> None:
     p.add_argument("model", help="checkpoint directory (packed ternary from distill, or dense)")
     g = p.add_argument_group("output")
     g.add_argument("--format", default="gguf", choices=["gguf"], help="output format (default gguf)")
-    g.add_argument("--type", default="auto", choices=["auto", "tq2_0", "tq1_0", "f16"],
-                   help="tensor type of the projections: tq2_0 (2.06 bits), tq1_0 (1.69 bits), f16; "
-                        "auto = tq2_0 for ternary models, f16 otherwise")
+    g.add_argument("--type", default="auto", choices=["auto", "tq2_0", "tq1_0", "q1_0", "f16"],
+                   help="tensor type of the projections: tq2_0 (2.06 bits), tq1_0 (1.69 bits), f16; q1_0 (1.125 "
+                        "bits) for a DF-SSM scaffold; auto = tq2_0 for ternary models, f16 otherwise")
+    g.add_argument("--drop-lowrank", action="store_true",
+                   help="with --type q1_0: accept that a DF-SSM model's low-rank U.V is left out (llama.cpp has no "
+                        "op for it)")
     g.add_argument("--out", required=True, help="the .gguf file to write")
     g.add_argument("--tokenizer", default=None, help="tokenizer.json or directory (default: the model's)")
     g.add_argument("--name", default=None, help="general.name in the file (default: the directory name)")
@@ -40,7 +43,7 @@ def _run_export(args) -> None:
     from ..export.gguf import GGUFExportConfig, export_gguf
 
     rep = export_gguf(GGUFExportConfig(model=args.model, out=args.out, type=args.type, tokenizer=args.tokenizer,
-                                       name=args.name))
+                                       name=args.name, drop_lowrank=args.drop_lowrank))
     if args.json:
         print(json.dumps(asdict(rep), indent=2))
         return

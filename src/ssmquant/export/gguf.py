@@ -53,7 +53,7 @@ from torch import nn
 
 from ..errors import ConfigError, SSMQuantError
 
-TYPES = ("auto", "tq2_0", "tq1_0", "f16")
+TYPES = ("auto", "tq2_0", "tq1_0", "q1_0", "f16")
 QK = 256  # weights per TQ block
 
 
@@ -73,6 +73,7 @@ class GGUFExportConfig:
     model: str
     out: str
     type: str = "auto"
+    drop_lowrank: bool = False
     tokenizer: str | None = None
     name: str | None = None
 
@@ -190,7 +191,20 @@ def _matrix(module: nn.Module, name: str, gname: str, qtype: str) -> _Tensor:
     from ..quant.int8 import _Int8Weight
     from ..quant.layers import _PackedTernary
 
+    from ..quant.binary_lowrank import PackedBinaryLowRankLinear, q1_0_blocks
+
     Q = gguf.GGMLQuantizationType
+    if isinstance(module, PackedBinaryLowRankLinear):
+        # DF-SSM: llama.cpp's Mamba-2 graph has no op for the low-rank branch U·V, so only the 1-bit scaffold can
+        # go to GGUF (Q1_0: 128 weights, one fp16 mean-|w| scale). The caller must have asked for that loss.
+        if qtype != "q1_0_drop_lowrank":
+            raise ExportError(f"{name} is DF-SSM (1-bit scaffold + low-rank U·V): llama.cpp can run the scaffold "
+                              "alone, as Q1_0, which drops U·V; pass --type q1_0 --drop-lowrank to accept that")
+        if module.group_size != 128 or module.scale.dtype != torch.float16:
+            raise ExportError(f"{name}: Q1_0 needs group size 128 and fp16 scales (got {module.group_size}, "
+                              f"{module.scale.dtype}); train with --group-size 128")
+        blocks = q1_0_blocks(module.signs.cpu(), module.scale.cpu())
+        return _Tensor(gname, blocks.numpy(), Q.Q1_0, _f32(module.scaffold_weight()), name)
     if isinstance(module, _PackedTernary):
         w = module.weight_dequantized()
         if qtype in ("tq2_0", "tq1_0"):
@@ -204,7 +218,7 @@ def _matrix(module: nn.Module, name: str, gname: str, qtype: str) -> _Tensor:
     if isinstance(module, _Int8Weight):
         return _Tensor(gname, q8_0_rowwise(module.qweight.cpu(), module.scale.cpu()), Q.Q8_0,
                        _f32(module.weight_dequantized()), name)
-    if qtype in ("tq2_0", "tq1_0") and not name.endswith(("embedding", "lm_head")):
+    if qtype in ("tq2_0", "tq1_0", "q1_0_drop_lowrank") and not name.endswith(("embedding", "lm_head")):
         raise ExportError(f"{name} is a dense (not ternary) weight: --type {qtype} would re-quantize it; export "
                           "--type f16, or quantize and convert the model first")
     w16 = module.weight.detach().to(torch.float16).cpu()
@@ -299,8 +313,8 @@ def write_gguf(model: nn.Module, out: str | os.PathLike, *, qtype: str, tokenize
     """Write ``model`` as GGUF to ``out`` atomically, after reading the temporary file back and checking it."""
     import gguf
 
-    if qtype not in ("tq2_0", "tq1_0", "f16"):
-        raise ConfigError(f"qtype {qtype!r}: use tq2_0, tq1_0 or f16")
+    if qtype not in ("tq2_0", "tq1_0", "f16", "q1_0_drop_lowrank"):
+        raise ConfigError(f"qtype {qtype!r}: use tq2_0, tq1_0, f16 (or q1_0 with --drop-lowrank for DF-SSM)")
     cfg = model.config
     if cfg.d_inner % cfg.headdim or cfg.nheads % cfg.ngroups:
         raise ExportError("config: heads do not divide d_inner / groups")
@@ -328,7 +342,7 @@ def write_gguf(model: nn.Module, out: str | os.PathLike, *, qtype: str, tokenize
         w.add_ssm_group_count(cfg.ngroups)
         w.add_layer_norm_rms_eps(cfg.norm_eps)
         ft = {"tq2_0": gguf.LlamaFileType.MOSTLY_TQ2_0, "tq1_0": gguf.LlamaFileType.MOSTLY_TQ1_0,
-              "f16": gguf.LlamaFileType.MOSTLY_F16}[qtype]
+              "f16": gguf.LlamaFileType.MOSTLY_F16, "q1_0_drop_lowrank": gguf.LlamaFileType.MOSTLY_Q1_0}[qtype]
         w.add_file_type(int(ft))
         w.add_tokenizer_model("gpt2")
         w.add_tokenizer_pre("gpt-2")  # byte-level BPE with GPT-2's split regex (our tokenizers, GPT-NeoX)
@@ -381,7 +395,14 @@ def verify_gguf(path: str | os.PathLike, tensors: list[_Tensor], cfg) -> None:
         rt = got[t.name]
         if rt.tensor_type != t.qtype:
             raise ExportError(f"{path}: {t.name} read back as {rt.tensor_type.name}, wrote {t.qtype.name}")
-        vals = dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(t.expected.shape)
+        if rt.tensor_type == gguf.GGMLQuantizationType.Q1_0:  # gguf has no numpy dequantizer for Q1_0
+            from ..quant.binary_lowrank import q1_0_unblocks
+
+            signs, scale = q1_0_unblocks(torch.from_numpy(np.array(rt.data)).reshape(t.expected.shape[0], -1),
+                                         t.expected.shape[1])
+            vals = (signs.float() * scale.float().repeat_interleave(128, dim=1)).numpy()
+        else:
+            vals = dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(t.expected.shape)
         if not np.array_equal(vals, t.expected):
             diff = np.abs(vals - t.expected)
             raise ExportError(f"{path}: {t.name} ({t.source}) reads back different values (max diff "
@@ -400,6 +421,11 @@ def export_gguf(config: GGUFExportConfig) -> ExportReport:
     qtype = config.type
     if qtype == "auto":
         qtype = "tq2_0" if _is_ternary(model) else "f16"
+    if qtype == "q1_0":
+        if not config.drop_lowrank:
+            raise ExportError("--type q1_0 writes only the 1-bit scaffold of a DF-SSM model (llama.cpp cannot run "
+                              "its low-rank U·V): add --drop-lowrank to accept that loss")
+        qtype = "q1_0_drop_lowrank"
     tok = Path(config.tokenizer or config.model)
     if tok.is_dir():
         tok = tok / "tokenizer.json"
