@@ -59,3 +59,17 @@ def tiny_tokenizer():
             "Ternary weights are minus one, zero or plus one."] * 20
     tk.train_from_iterator(text, trainer)
     return SQTokenizer(tk, source="tiny")
+
+
+def write_word_corpus(path, *, docs: int, max_words: int, seed: int, words: str):
+    """A JSONL file of ``docs`` documents of 10..max_words random ``words``, deterministic in ``seed``."""
+    import json
+    import random
+
+    rng = random.Random(seed)
+    words = words.split()
+    with open(path, "w") as f:
+        for _ in range(docs):
+            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(10, max_words)))})
+                    + "\n")
+    return path

@@ -2,7 +2,6 @@
 
 import json
 import os
-import random
 import subprocess
 import sys
 
@@ -18,7 +17,7 @@ from ssmquant.train.distill import DistillConfig, DistillTask
 from ssmquant.train.losses import kd_loss
 from ssmquant.train.trainer import train
 
-from conftest import tiny_model
+from conftest import tiny_model, write_word_corpus
 
 MODEL = dict(vocab_size=300, d_model=64, n_layer=2, d_state=16, headdim=16, chunk_size=8)
 
@@ -32,13 +31,8 @@ def teacher_dir(tmp_path_factory, tiny_tokenizer):
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(1)
-    words = "the quick brown fox jumps over lazy dog state space models scan ternary weights".split()
-    with open(d / "c.jsonl", "w") as f:
-        for _ in range(200):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(10, 60)))}) + "\n")
-    return d / "c.jsonl"
+    return write_word_corpus(tmp_path_factory.mktemp("corpus") / "c.jsonl", docs=200, max_words=60, seed=1,
+                             words="the quick brown fox jumps over lazy dog state space models scan ternary weights")
 
 
 def _tcfg(tmp_path, corpus, name="run", **kw):

@@ -1,7 +1,6 @@
 """The shared trainer: loss goes down, exact resume, refusals, NaN stop, checkpoint fallback, run layout."""
 
 import json
-import random
 
 import pytest
 import torch
@@ -14,18 +13,15 @@ from ssmquant.train.config import TrainConfig
 from ssmquant.train.tasks import PretrainTask
 from ssmquant.train.trainer import train
 
+from conftest import write_word_corpus
+
 MODEL = dict(d_model=32, n_layer=2, d_state=8, headdim=8, chunk_size=8)
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    d = tmp_path_factory.mktemp("corpus")
-    rng = random.Random(0)
-    words = "the quick brown fox jumps over lazy dog state space model scans long sequences".split()
-    with open(d / "train.jsonl", "w") as f:
-        for _ in range(300):
-            f.write(json.dumps({"text": " ".join(rng.choice(words) for _ in range(rng.randint(10, 80)))}) + "\n")
-    return d / "train.jsonl"
+    return write_word_corpus(tmp_path_factory.mktemp("corpus") / "train.jsonl", docs=300, max_words=80, seed=0,
+                             words="the quick brown fox jumps over lazy dog state space model scans long sequences")
 
 
 def _cfg(tmp_path, corpus, name="run", **kw):
