@@ -36,7 +36,7 @@ def _run_info(args) -> None:
           f"{cfg.headdim}   d_state {cfg.d_state}   ngroups {cfg.ngroups}   d_conv {cfg.d_conv}")
     print(f"vocab       {cfg.vocab_size} (padded {cfg.padded_vocab_size})   tied head {cfg.tie_embeddings}")
     print(f"parameters  {summary['parameters']:,}")
-    print(f"bytes       {summary['bytes']:,} ({summary['bytes'] / 1e6:.2f} MB)")
+    print(f"in memory   {summary['bytes']:,} bytes ({summary['bytes'] / 1e6:.2f} MB; ternary codes one byte each)")
     for dt, v in summary["by_dtype"].items():
         print(f"  {dt:<10} {v['numel']:>14,} elements {v['bytes'] / 1e6:>10.2f} MB")
     for part, v in summary["by_part"].items():

@@ -18,12 +18,16 @@ def _part(name: str) -> str:
 
 
 def tensor_summary(model: torch.nn.Module) -> dict:
-    """Unique tensors (parameters and buffers; a tied head counted once) -> counts and bytes by dtype and part."""
+    """Unique tensors (parameters and persistent buffers; a tied head counted once), as held in memory (int8 codes
+    one byte each) -> counts and bytes by dtype and part. On-disk packed sizes: ``ssmquant.quant.size``."""
     seen: set[int] = set()
     by_dtype: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     by_part: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     n_params = 0
-    for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+    # Persistent buffers only: a runtime cache (e.g. a packed model's dequantized weights) is not part of the model.
+    buffers = [(f"{mn}.{bn}" if mn else bn, b) for mn, m in model.named_modules()
+               for bn, b in m.named_buffers(recurse=False) if bn not in m._non_persistent_buffers_set]
+    for name, t in list(model.named_parameters()) + buffers:
         key = id(t)
         if key in seen:
             continue
