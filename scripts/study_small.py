@@ -101,7 +101,7 @@ def _scratch_tasks():
     from ssmquant.io.bundled import SAMPLE_HELDOUT
     from ssmquant.quant import QuantConfig, convert, quant_param_groups, quantize_
     from ssmquant.quant.size import size_report
-    from ssmquant.train.distill import _zero_frac, save_student
+    from ssmquant.train.distill import packed_zero_fraction, save_student
     from ssmquant.train.tasks import PretrainTask, default_param_groups
 
     def report(packed, tokenizer) -> dict:
@@ -145,7 +145,7 @@ def _scratch_tasks():
 
         def final_report(self, model, out):
             packed = convert(copy.deepcopy(model).eval())
-            return {**report(packed, self.tokenizer), "zero_frac": _zero_frac(packed), "size": size_report(packed)}
+            return {**report(packed, self.tokenizer), "zero_frac": packed_zero_fraction(packed), "size": size_report(packed)}
 
     return ScratchFloatTask, ScratchTernaryTask, QuantConfig
 

@@ -285,7 +285,7 @@ class DistillTask(LMTask):
         stats = self.monitor.measure(model)
         numel = sum(n for _, _, n in stats.values())
         rep["zero_frac"] = sum(z * n for z, _, n in stats.values()) / max(1, numel)
-        rep["post_hoc_zero_frac"] = _zero_frac(baseline)
+        rep["post_hoc_zero_frac"] = packed_zero_fraction(baseline)
         rep["collapse_events"] = len(self.monitor.events)
         if self.cfg.method == "dfssm":
             from ..quant.binary_lowrank import dfssm_size_report
@@ -307,7 +307,8 @@ class DistillTask(LMTask):
         return g
 
 
-def _zero_frac(model) -> float:
+def packed_zero_fraction(model) -> float:
+    """Fraction of zero codes over all packed ternary modules of a converted model (0 if there are none)."""
     zeros, total = 0, 0
     for m in model.modules():
         codes = getattr(m, "codes", None)
