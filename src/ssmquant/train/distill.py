@@ -110,13 +110,9 @@ def post_hoc_ternary(teacher, qcfg: QuantConfig):
 
 def post_hoc(teacher, qcfg):
     """The untrained student of either method: RTN ternary, or DF-SSM with SVD-initialised factors."""
-    if isinstance(qcfg, QuantConfig):
-        return post_hoc_ternary(teacher, qcfg)
-    from ..quant.binary_lowrank import dfssm_convert, dfssm_quantize_
-
     base = copy.deepcopy(teacher).float()
-    dfssm_quantize_(base, dataclasses.replace(qcfg, scale_mode="fixed"))
-    return dfssm_convert(base).eval()
+    _prepare(base, dataclasses.replace(qcfg, scale_mode="fixed"))
+    return _convert(base, qcfg).eval()
 
 
 def _prepare(model, qcfg) -> None:
@@ -163,14 +159,15 @@ class DistillTask(LMTask):
 
     # ---- models ----
     def build_model(self, device):
-        teacher = load_model(self.teacher_dir, device=device)
+        # The student starts from the checkpoint's own values in fp32 (latent weights and scales stay fp32;
+        # autocast does the 16-bit compute). The frozen teacher runs in bf16 on GPU (half the memory and time);
+        # load_model keeps its A_log, D and dt_bias in fp32 either way.
+        student = load_model(self.teacher_dir, device=device, dtype=torch.float32).train().requires_grad_(True)
+        teacher = load_model(self.teacher_dir, device=device,
+                             dtype=torch.bfloat16 if device.type == "cuda" else None)
         check_tokenizer_matches(self.tokenizer, self.teacher_dir, teacher.config.padded_vocab_size)
-        if device.type == "cuda":
-            teacher = teacher.to(torch.bfloat16)  # inference only: halves its memory and time
         teacher.eval().requires_grad_(False)
         self.teacher = teacher
-        # Latent weights and scales stay fp32 (autocast does the 16-bit compute).
-        student = copy.deepcopy(teacher).float().requires_grad_(True)
         _prepare(student, self.qcfg)
         if not any(True for _ in ternary_modules(student)) and self.cfg.method == "ternary":
             raise ConfigError(f"no module matches --include {list(self.cfg.include)}: nothing would be quantized")
@@ -275,7 +272,8 @@ class DistillTask(LMTask):
         kw = dict(context=512, stride=512, batch_size=8, device=device,
                   max_tokens=self.cfg.report_tokens or None)
         student = _convert(copy.deepcopy(model).eval(), self.qcfg)
-        teacher = copy.deepcopy(self.teacher).float()  # the comparison runs in fp32 for all three models
+        # The comparison runs in fp32 for all three models, from the checkpoint's own values.
+        teacher = load_model(self.teacher_dir, device=device, dtype=torch.float32)
         baseline = post_hoc(teacher, self.qcfg).to(device)
         with torch.no_grad():
             rep = {"report_text": text,
