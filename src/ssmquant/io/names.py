@@ -10,16 +10,17 @@ transformers' ``Mamba2ForCausalLM`` differs only in the embedding: ``backbone.em
 
 from __future__ import annotations
 
-OURS_TO_HF = {"backbone.embedding.weight": "backbone.embeddings.weight"}
-HF_TO_OURS = {v: k for k, v in OURS_TO_HF.items()}
+# Only the embedding's module name differs; mapping the prefix covers its extra tensors in packed formats too
+# (``backbone.embedding.weight_int8`` <-> ``backbone.embeddings.weight_int8``).
+_OURS_EMB, _HF_EMB = "backbone.embedding.", "backbone.embeddings."
 
 
 def to_hf_name(name: str) -> str:
-    return OURS_TO_HF.get(name, name)
+    return _HF_EMB + name[len(_OURS_EMB):] if name.startswith(_OURS_EMB) else name
 
 
 def from_hf_name(name: str) -> str:
-    return HF_TO_OURS.get(name, name)
+    return _OURS_EMB + name[len(_HF_EMB):] if name.startswith(_HF_EMB) else name
 
 
 def strip_known_prefixes(name: str) -> str:

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..io import names
 from ..errors import CheckpointError, ConfigError
 from ..model.config import Mamba2Config
 from .binary_lowrank import PackedBinaryLowRankLinear, pack_signs, unpack_signs
@@ -37,7 +38,7 @@ from .packed_io import (
     FORMAT,
     FORMAT_VERSION,
     PackedMamba2LMHeadModel,
-    _hf_name,
+    read_named_tensors,
     _set_submodule,
     write_packed_dir,
 )
@@ -73,7 +74,7 @@ def save_dfssm_model(model: nn.Module, directory: str | os.PathLike, *, tokenize
         if k.rsplit(".", 1)[0] in mods or (cfg.tie_embeddings and k == "lm_head.weight"):
             continue
         out[k] = v.detach().cpu().contiguous()
-    out = {_hf_name(k): v for k, v in out.items()}
+    out = {names.to_hf_name(k): v for k, v in out.items()}
     gs = sorted({m.group_size for m in mods.values()})
     ranks = sorted({m.rank for m in mods.values()})
     qc = {"quant_method": "ssmquant", "format": FORMAT, "format_version": FORMAT_VERSION, "method": METHOD,
@@ -87,8 +88,7 @@ def save_dfssm_model(model: nn.Module, directory: str | os.PathLike, *, tokenize
 def load_dfssm_model(ckpt, cfg_dict: dict, *, device=None, dtype=None,
                      check_finite: bool = True) -> PackedMamba2LMHeadModel:
     """Load a DF-SSM directory (``ckpt``: ``io.checkpoints.ResolvedCheckpoint``; ``cfg_dict``: its config.json)."""
-    from ..io import names
-    from ..io.checkpoints import _parse_dtype, iter_tensors
+    from ..io.checkpoints import _parse_dtype
 
     source = str(ckpt.config_path)
     qc = cfg_dict["quantization_config"]
@@ -102,13 +102,7 @@ def load_dfssm_model(ckpt, cfg_dict: dict, *, device=None, dtype=None,
     with torch.device("meta"):
         model = PackedMamba2LMHeadModel(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got: dict[str, Tensor] = {}
-    where: dict[str, Path] = {}
-    for raw, t, f in iter_tensors(ckpt.weight_files):
-        name = names.from_hf_name(names.strip_known_prefixes(raw))
-        if name.startswith("backbone.embeddings."):
-            name = "backbone.embedding." + name.split(".", 2)[2]
-        got[name], where[name] = t, f
+    got, where = read_named_tensors(ckpt)
 
     def take(name: str, shape: tuple, dtypes: tuple) -> Tensor:
         if name not in got:
@@ -150,7 +144,7 @@ def load_dfssm_model(ckpt, cfg_dict: dict, *, device=None, dtype=None,
     for k, shape in expected.items():
         t = take(k, shape, ())
         if check_finite and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{where.get(k, ckpt.directory)}: tensor {names.to_hf_name(k)} holds NaN or Inf")
+            raise CheckpointError(f"{where.get(k, ckpt.directory)}: tensor {names.tonames.to_hf_name(k)} holds NaN or Inf")
         want = torch.float32 if k.rsplit(".", 1)[-1] in _FP32_ALWAYS else (dtype or t.dtype)
         sd[k] = t if t.dtype == want else t.to(want)
     if got:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import CheckpointError, ConfigError
+from ..io import names
 from ..model.config import Mamba2Config
 from ..model.mamba2 import Mamba2LMHeadModel
 from .int8 import Int8Embedding, Int8Linear, _Int8Weight
@@ -138,7 +139,7 @@ def save_packed_model(model: nn.Module, directory: str | os.PathLike, *, tokeniz
         if owner in skip or (tied and k == "lm_head.weight"):
             continue
         out[k] = v.detach().cpu().contiguous()
-    out = {_hf_name(k): v for k, v in out.items()}
+    out = {names.to_hf_name(k): v for k, v in out.items()}
 
     gs = sorted({m.group_size for m in ternary.values()})
     sdt = sorted({str(m.scale.dtype).replace("torch.", "") for m in ternary.values()})
@@ -206,8 +207,7 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
     dtype: compute dtype of the dense tensors and of the dequantized-weight cache (default: as stored).
     runtime: "dense" (codes + dequantized weight cached; dense speed) or "packed" (codes only). See module doc.
     """
-    from ..io import names
-    from ..io.checkpoints import _parse_dtype, iter_tensors
+    from ..io.checkpoints import _parse_dtype
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime={runtime!r}: use one of {list(RUNTIMES)}")
@@ -234,13 +234,7 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
         if n not in ("backbone.embedding", "lm_head"):
             raise CheckpointError(f"{source}: int8_modules may hold backbone.embedding and lm_head, not {n!r}")
 
-    got: dict[str, Tensor] = {}
-    where: dict[str, Path] = {}
-    for raw, t, f in iter_tensors(ckpt.weight_files):
-        name = names.from_hf_name(names.strip_known_prefixes(raw))
-        if name.startswith("backbone.embeddings."):
-            name = "backbone.embedding." + name.split(".", 2)[2]
-        got[name], where[name] = t, f
+    got, where = read_named_tensors(ckpt)
 
     def take(name: str) -> tuple[Tensor, Path]:
         if name not in got:
@@ -310,12 +304,12 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
     for k, shape in expected.items():
         t, f = take(k)
         if tuple(t.shape) != shape:
-            raise CheckpointError(f"{f}: tensor {names.to_hf_name(k)} has shape {list(t.shape)} but the config "
+            raise CheckpointError(f"{f}: tensor {names.tonames.to_hf_name(k)} has shape {list(t.shape)} but the config "
                                   f"implies {list(shape)}")
         if not t.is_floating_point():
-            raise CheckpointError(f"{f}: tensor {names.to_hf_name(k)} has dtype {t.dtype}; expected floating point")
+            raise CheckpointError(f"{f}: tensor {names.tonames.to_hf_name(k)} has dtype {t.dtype}; expected floating point")
         if check_finite and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{f}: tensor {names.to_hf_name(k)} holds NaN or Inf values")
+            raise CheckpointError(f"{f}: tensor {names.tonames.to_hf_name(k)} holds NaN or Inf values")
         want = torch.float32 if k.rsplit(".", 1)[-1] in _FP32_ALWAYS else (float_dtype or t.dtype)
         sd[k] = t if t.dtype == want else t.to(want)
     if got:
@@ -334,10 +328,16 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
     return model.eval()
 
 
-def _hf_name(name: str) -> str:
-    """Our names -> HF names; transformers calls the embedding ``backbone.embeddings`` (also its int8 tensors)."""
-    return "backbone.embeddings." + name[len("backbone.embedding."):] if name.startswith("backbone.embedding.") \
-        else name
+def read_named_tensors(ckpt) -> tuple[dict[str, Tensor], dict[str, Path]]:
+    """All tensors of a checkpoint under our names, and the file each came from (for error messages)."""
+    from ..io.checkpoints import iter_tensors
+
+    got: dict[str, Tensor] = {}
+    where: dict[str, Path] = {}
+    for raw, t, f in iter_tensors(ckpt.weight_files):
+        name = names.from_hf_name(names.strip_known_prefixes(raw))
+        got[name], where[name] = t, f
+    return got, where
 
 
 def _set_submodule(model: nn.Module, name: str, new: nn.Module) -> None:
