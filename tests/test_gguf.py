@@ -195,3 +195,39 @@ def test_llama_cpp_logits_match(exported, which):
         # TQ1_0/TQ2_0 dot products quantize the activations to 8 bits (Q8_K) in llama.cpp's CPU kernels; the
         # weights themselves are exact (test_ternary_roundtrip_exact), so this is llama.cpp's activation rounding.
         assert stats["mean_abs"] < 0.02 * std and stats["max_abs"] < 0.15 * std, stats
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not LLAMA_PY.exists(), reason="llama-cpp-python venv not found (set SSMQUANT_LLAMA_PYTHON)")
+def test_llama_cpp_runs_dfssm_q1_0_scaffold(tmp_path):
+    """A DF-SSM student exported as its Q1_0 scaffold (--drop-lowrank) runs in llama.cpp and gives the logits of our
+    model with the low-rank correction removed (U = 0); the full DF-SSM model is what llama.cpp cannot run."""
+    from ssmquant.cli import main
+    from ssmquant.quant.binary_lowrank import DFSSMConfig, dfssm_convert, dfssm_modules, dfssm_quantize_
+    from ssmquant.quant.dfssm_io import save_dfssm_model
+
+    m = ssmquant.load_model(TEACHER)
+    dfssm_quantize_(m, DFSSMConfig(group_size=128, rank=8))
+    assert len(list(dfssm_modules(m))) == 2 * m.config.n_layer
+    packed = dfssm_convert(m.eval())
+    save_dfssm_model(packed, tmp_path / "df", tokenizer=ssmquant.load_tokenizer(TEACHER))
+    assert main(["export", str(tmp_path / "df"), "--type", "q1_0", "--drop-lowrank",
+                 "--out", str(tmp_path / "df.gguf")]) == 0
+    scaffold_only = ssmquant.load_model(tmp_path / "df")
+    n = 0
+    for mod in scaffold_only.modules():
+        if hasattr(mod, "u_q"):
+            mod.u_q.zero_()
+            n += 1
+    assert n == 2 * m.config.n_layer
+    ids = ssmquant.load_tokenizer(TEACHER).encode(PROMPT)
+    stats = compare_with_llama(scaffold_only, str(tmp_path / "df.gguf"), ids)
+    full = compare_with_llama(ssmquant.load_model(tmp_path / "df"), str(tmp_path / "df.gguf"), ids)
+    print("q1_0 scaffold", stats, "full dfssm", full)
+    assert stats["tokens_match"]
+    std = stats["logit_std"]
+    # llama.cpp's Q1_0 dot product quantizes the activations to 8 bits (Q8_0), as with TQ; weights read back exact.
+    assert stats["mean_abs"] < 0.02 * std and stats["max_abs"] < 0.15 * std, stats
+    assert stats["argmax_agree"] == 1.0, stats
+    # The dropped correction is visible: the file is further from the full DF-SSM model than from the scaffold.
+    assert full["mean_abs"] > 2 * stats["mean_abs"], (stats, full)
