@@ -27,6 +27,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 from .cache import InferenceCache
 from .config import Mamba2Config
@@ -164,6 +165,10 @@ class Mamba2Backbone(nn.Module):
         self.embedding = nn.Embedding(cfg.padded_vocab_size, cfg.d_model)
         self.layers = nn.ModuleList([Mamba2Block(cfg, i) for i in range(cfg.n_layer)])
         self.norm_f = RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        # Activation checkpointing (a run-time switch, not part of the config): in training, keep only each block's
+        # input and recompute the block in the backward pass. Trades ~1/3 more compute for activation memory that
+        # no longer grows with depth; what lets a 2.7B student train at sequence 2048 on one 80 GB GPU.
+        self.activation_checkpointing = False
 
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
                 hidden_states_out: list | None = None) -> torch.Tensor:
@@ -175,10 +180,14 @@ class Mamba2Backbone(nn.Module):
         h = self.embedding(input_ids)
         dtype = h.dtype
         residual = h.float() if self.cfg.residual_in_fp32 else h
+        recompute = self.activation_checkpointing and cache is None and self.training and torch.is_grad_enabled()
         for layer in self.layers:
             if hidden_states_out is not None:
                 hidden_states_out.append(residual)
-            residual = layer(residual, cache, dtype)
+            if recompute:
+                residual = torch.utils.checkpoint.checkpoint(layer, residual, None, dtype, use_reentrant=False)
+            else:
+                residual = layer(residual, cache, dtype)
         if hidden_states_out is not None:
             hidden_states_out.append(residual)
         if cache is not None:

@@ -11,7 +11,8 @@ from ..errors import ConfigError
 
 # Fields that may differ between a run and its resumption (they do not change what is computed).
 RESUMABLE_CHANGES = {"out", "resume", "overwrite", "save_every", "keep_last", "log_every", "device", "time_limit",
-                     "progress", "eval_every", "stop_after_steps", "plot", "fsdp"}
+                     "progress", "eval_every", "stop_after_steps", "plot", "fsdp",
+                     "activation_checkpointing"}
 
 
 def parse_count(s: str | int) -> int:
@@ -54,6 +55,7 @@ class TrainConfig:
     device: str | None = None
     compile: bool = False
     fsdp: bool = False               # under torchrun: FSDP2 (fully_shard per block) instead of DDP
+    activation_checkpointing: bool = False  # recompute each block in backward (less memory, ~1/3 more compute)
     time_limit: float = 0.0          # seconds; stop cleanly (checkpoint, exit 0) once exceeded, 0 = none
     stop_after_steps: int = 0        # stop cleanly after this many steps in this process (resumable), 0 = none
     resume: bool = False

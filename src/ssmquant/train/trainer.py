@@ -153,6 +153,8 @@ def train(task, cfg: TrainConfig) -> dict:
 
     # ---- model, optimizer, schedule ----
     model = task.build_model(device)
+    if cfg.activation_checkpointing:
+        _enable_activation_checkpointing(model)
     sharded = cfg.fsdp and ctx.enabled
     if sharded:
         dist.shard_fsdp(model)  # before the optimizer is built: FSDP2 replaces the parameters by sharded ones
@@ -311,3 +313,12 @@ def train(task, cfg: TrainConfig) -> dict:
     dist.barrier()
     dist.cleanup(ctx)
     return summary
+
+
+def _enable_activation_checkpointing(model) -> None:
+    """Switch on per-block recomputation in every submodule that offers it (the Mamba-2 backbone does)."""
+    found = [m for m in model.modules() if hasattr(m, "activation_checkpointing")]
+    if not found:
+        raise TrainingError(f"--activation-checkpointing: {type(model).__name__} does not support it")
+    for m in found:
+        m.activation_checkpointing = True
