@@ -119,3 +119,70 @@ def test_gpu_mamba2_1p3b_shape_bf16(with_init):
 @pytest.mark.gpu
 def test_gpu_fp32_is_exact_to_rounding():
     _compare(_leaves(b=2, l=300, h=8, p=64, g=2, n=64, seed=6), 64, True, tol_y=1e-5, tol_g=1e-5)
+
+
+@pytest.fixture
+def scan_backend():
+    """Set a scan backend for one test and restore the previous one."""
+    from ssmquant.model import dispatch
+
+    prev = dispatch.get_backend()
+    yield dispatch.set_backend
+    dispatch.set_backend(prev)
+
+
+def test_dispatch_auto_routes_by_device(scan_backend):
+    """``auto`` (the default) is the Triton scan on CUDA tensors and the PyTorch reference elsewhere; ``torch`` and
+    ``triton`` force one."""
+    from ssmquant.kernels.triton.ssd_scan import ssd_chunk_scan
+    from ssmquant.model import dispatch
+
+    assert dispatch.get_backend() == "auto" or "SSMQUANT_SCAN" in __import__("os").environ
+    x, dt, A, B, C, s0 = _inputs(l=37, seed=7)
+    scan_backend("auto")
+    y_auto, s_auto = dispatch.ssd_scan(x, dt, A, B, C, chunk_size=16, initial_state=s0)
+    expected = ssd_chunk_scan if DEVICE == "cuda" else ssd_chunked
+    y_exp, s_exp = expected(x, dt, A, B, C, 16, initial_state=s0)
+    assert torch.equal(y_auto, y_exp) and torch.equal(s_auto, s_exp)
+    # chunk sizes the kernel cannot take fall back to the reference
+    y8, _ = dispatch.ssd_scan(x, dt, A, B, C, chunk_size=8, initial_state=s0)
+    assert torch.equal(y8, ssd_chunked(x, dt, A, B, C, 8, initial_state=s0)[0])
+    scan_backend("triton")
+    y_k, _ = dispatch.ssd_scan(x, dt, A, B, C, chunk_size=16, initial_state=s0)
+    assert rel_err(y_k, y_exp) < FP32_TOL
+    with pytest.raises(ValueError, match="unknown scan backend"):
+        scan_backend("nope")
+
+
+def test_distill_step_fast_path_matches_reference(scan_backend):
+    """The distillation task's loss and the student's gradients with the Triton scan equal the PyTorch path's
+    (tiny model, chunk 16, length 40 = two chunks and a tail; bf16 autocast on GPU, fp32 on CPU)."""
+    import copy
+
+    from conftest import tiny_model
+
+    from ssmquant.quant import quantize_
+    from ssmquant.train.distill import DistillConfig, DistillTask
+
+    teacher = tiny_model(seed=3, chunk_size=16).to(DEVICE).requires_grad_(False)
+    task = DistillTask(DistillConfig(teacher="unused", group_size=32, ce_weight=0.5), tokenizer=None)
+    task.teacher = teacher
+    ids = torch.randint(0, 100, (2, 41), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    x, y = ids[:, :-1], ids[:, 1:]
+    losses, grads = {}, {}
+    for backend in ("torch", "triton"):
+        scan_backend(backend)
+        torch.manual_seed(0)
+        student = copy.deepcopy(teacher).float().train().requires_grad_(True)
+        quantize_(student, task.qcfg)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+            loss, _ = task.loss(student, x, y)
+        loss.backward()
+        losses[backend] = loss.item()
+        grads[backend] = {n: p.grad.float().clone() for n, p in student.named_parameters() if p.grad is not None}
+    tol = 1e-2 if DEVICE == "cuda" else 1e-5
+    assert abs(losses["triton"] - losses["torch"]) <= tol * abs(losses["torch"]), losses
+    assert grads["torch"].keys() == grads["triton"].keys()
+    worst = max(grads["torch"], key=lambda n: rel_err(grads["triton"][n], grads["torch"][n]))
+    err = rel_err(grads["triton"][worst], grads["torch"][worst])
+    assert err < (5e-2 if DEVICE == "cuda" else 1e-4), f"grad {worst}: rel err {err:.2e}"

@@ -1,20 +1,65 @@
 """The one place where the model's scan calls are routed to an implementation.
 
 The model calls ``ssd_scan`` (training / prefill) and ``ssd_step`` (decode); which code runs is decided here, never by
-``if cuda:`` branches scattered through the model. Faster kernels register themselves with ``register_backend`` and
-are selected with ``set_backend`` (or the ``SSMQUANT_SCAN`` environment variable); the PyTorch reference is the
-default and the oracle every backend is tested against.
+``if cuda:`` branches scattered through the model. Backends:
+
+``auto`` (default)
+    CUDA tensors go to the Triton chunked scan (``ssmquant.kernels.triton.ssd_scan.ssd_chunk_scan``, forward and
+    backward) when Triton imports and the chunk size is a power of two >= 16; everything else (CPU tensors, no
+    Triton, odd chunk sizes) goes to the PyTorch reference. This is what ``ssmquant distill``, ``pretrain``,
+    ``bench train``, prefill and evaluation use with no flag.
+``torch``
+    The PyTorch reference (``ssd.ssd_chunked``): the oracle every backend is tested against.
+``triton``
+    The Triton scan always (CPU tensors only under ``TRITON_INTERPRET=1``); an error where it cannot run.
+
+The recurrent step (``ssd_step``, one token) is PyTorch in every backend; the fused decode kernels live in
+``ssmquant.kernels.fast_decode``. Select with ``set_backend(name)`` or the ``SSMQUANT_SCAN`` environment variable
+(read at import); add one with ``register_backend``.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
 from . import ssd
 
-_BACKENDS: dict[str, tuple[Callable, Callable]] = {"torch": (ssd.ssd_chunked, ssd.ssd_step)}
-_current = os.environ.get("SSMQUANT_SCAN", "torch")
+
+@functools.cache
+def _triton_scan() -> Callable | None:
+    """The Triton scan, or None where Triton is not installed (imported on first use: Triton is optional)."""
+    try:
+        from ..kernels.triton.ssd_scan import ssd_chunk_scan
+    except ImportError:
+        return None
+    return ssd_chunk_scan
+
+
+def _triton_ok(chunk_size: int) -> bool:
+    return chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
+
+
+def _auto_scan(x, dt, A, B, C, chunk_size, initial_state=None):
+    if x.is_cuda and _triton_ok(chunk_size) and _triton_scan() is not None:
+        return _triton_scan()(x, dt, A, B, C, chunk_size, initial_state=initial_state)
+    return ssd.ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=initial_state)
+
+
+def _forced_triton_scan(x, dt, A, B, C, chunk_size, initial_state=None):
+    scan = _triton_scan()
+    if scan is None:
+        raise RuntimeError("scan backend 'triton' needs the triton package; use 'auto' or 'torch'")
+    return scan(x, dt, A, B, C, chunk_size, initial_state=initial_state)
+
+
+_BACKENDS: dict[str, tuple[Callable, Callable]] = {
+    "auto": (_auto_scan, ssd.ssd_step),
+    "torch": (ssd.ssd_chunked, ssd.ssd_step),
+    "triton": (_forced_triton_scan, ssd.ssd_step),
+}
+_current = os.environ.get("SSMQUANT_SCAN", "auto")
 
 
 def register_backend(name: str, scan: Callable, step: Callable) -> None:
