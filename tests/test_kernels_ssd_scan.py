@@ -88,10 +88,12 @@ def test_gradient_from_final_state_only():
     _compare(_leaves(l=37, seed=3), 16, True, tol_y=FP32_TOL, tol_g=FP32_TOL, cotangents=("s",))
 
 
-@pytest.mark.parametrize("ngroups,with_init", [(1, False), (2, True)])
-def test_bf16_values_and_gradients(ngroups, with_init):
-    """bf16 inputs: products on bf16 operands with fp32 accumulation vs the fp32 reference on the same inputs."""
-    _compare(_leaves(g=ngroups, dtype=torch.bfloat16, seed=4), 16, with_init, tol_y=1e-2, tol_g=2e-2)
+@pytest.mark.parametrize("ngroups,with_init,dtype", [(1, False, torch.bfloat16), (2, True, torch.bfloat16),
+                                                     (4, True, torch.float16)])
+def test_half_values_and_gradients(ngroups, with_init, dtype):
+    """bf16 / fp16 inputs: products on 16-bit operands with fp32 accumulation vs the reference on the same inputs
+    (which computes in fp32)."""
+    _compare(_leaves(g=ngroups, dtype=dtype, seed=4), 16, with_init, tol_y=1e-2, tol_g=2e-2)
 
 
 def test_rejects_bad_chunk_size_and_groups():
