@@ -100,13 +100,14 @@ class _TernaryWeight(nn.Module):
     def _update_ema(self) -> None:
         self.scale.mul_(self.ema_decay).add_(self.absmean(), alpha=1.0 - self.ema_decay)
 
-    def fake_quant_weight(self) -> Tensor:
-        """``(r, c)`` fp32 ternary weight with STE (weights) and LSQ (learnable scale) gradients."""
+    def fake_quant_weight(self, dtype: torch.dtype | None = None) -> Tensor:
+        """``(r, c)`` ternary weight, fp32 or in ``dtype``, with STE (weights) and LSQ (learnable scale) gradients."""
         if self.scale_mode == "ema" and self.training:
             self._update_ema()
         grad_scale = lsq_grad_scale(self.group_size) if self.lsq_grad_scaling else 1.0
         return ternary_fake_quant(
-            self.weight, self.effective_scale(), self.group_size, scale_dtype=self.scale_dtype, grad_scale=grad_scale
+            self.weight, self.effective_scale(), self.group_size, scale_dtype=self.scale_dtype, grad_scale=grad_scale,
+            out_dtype=dtype,
         )
 
     def codes_and_scale(self) -> tuple[Tensor, Tensor]:
@@ -134,7 +135,11 @@ class TernaryLinear(_TernaryWeight):
 
     def forward(self, x: Tensor) -> Tensor:
         bias = None if self.bias is None else self.bias.to(x.dtype)
-        return F.linear(x, self.fake_quant_weight().to(x.dtype), bias)
+        # The weight in the dtype the product runs in: autocast's when it is on (it would cast it there anyway),
+        # else x's. Asking for it here lets the fused fake-quant write it directly (same values as a later cast).
+        dev = x.device.type
+        dtype = torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else x.dtype
+        return F.linear(x, self.fake_quant_weight(dtype), bias)
 
 
 class TernaryEmbedding(_TernaryWeight):

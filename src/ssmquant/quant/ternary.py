@@ -41,6 +41,7 @@ Glossary: ``r`` rows (out_features or vocab), ``c`` cols (in_features or d_model
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -143,13 +144,33 @@ def ternary_fake_quant(
     *,
     scale_dtype: torch.dtype = torch.float16,
     grad_scale: float = 1.0,
+    out_dtype: torch.dtype | None = None,
 ) -> Tensor:
-    """Fake-quantized weight ``(r, c)`` fp32 with STE/LSQ gradients.
+    """Fake-quantized weight ``(r, c)`` with STE/LSQ gradients, fp32 or in ``out_dtype`` (the compute dtype).
 
     weight: (r, c) latent weight. scale: (r, c / G), already passed through :func:`round_scale` (it may carry a
     gradient: learnable mode). grad_scale multiplies the scale gradient (LSQ's ``1/sqrt(G * Qp)`` or 1).
+
+    With ``out_dtype`` and a CUDA weight this is the one place that picks the fused Triton kernels
+    (``ssmquant.kernels.triton.ternary_qat``, one pass over the weight each way): they return the reference's
+    ``dequantize_ternary(...).to(out_dtype)`` bit for bit, so training still sees exactly the deployed weights.
     """
-    return _TernaryFakeQuant.apply(weight, scale, group_size, scale_dtype, grad_scale)
+    if out_dtype is not None and weight.is_cuda:
+        fused = _fused_fake_quant()
+        if fused is not None and fused.supported(weight, group_size):
+            return fused.ternary_fake_quant_fused(weight, scale, group_size, out_dtype, grad_scale=grad_scale)
+    w_q = _TernaryFakeQuant.apply(weight, scale, group_size, scale_dtype, grad_scale)
+    return w_q if out_dtype is None else w_q.to(out_dtype)
+
+
+@functools.cache
+def _fused_fake_quant():
+    """The Triton fake-quant module, or None without Triton (optional, imported on first use)."""
+    try:
+        from ..kernels.triton import ternary_qat
+    except ImportError:
+        return None
+    return ternary_qat
 
 
 def ternary_fake_quant_ref(weight: Tensor, scale: Tensor, group_size: int, *, grad_scale: float = 1.0) -> Tensor:
