@@ -188,3 +188,23 @@ def test_distill_step_fast_path_matches_reference(scan_backend):
     worst = max(grads["torch"], key=lambda n: rel_err(grads["triton"][n], grads["torch"][n]))
     err = rel_err(grads["triton"][worst], grads["torch"][worst])
     assert err < (5e-2 if DEVICE == "cuda" else 1e-4), f"grad {worst}: rel err {err:.2e}"
+
+
+def test_teacher_forward_replay_equals_eager():
+    """The distillation teacher's forward (a CUDA graph replayed each step on GPU, eager elsewhere) returns the
+    eager forward's hidden states, for two batches in a row (the static input buffer is refilled)."""
+    from conftest import tiny_model
+
+    from ssmquant.train.teacher import TeacherForward
+
+    teacher = tiny_model(seed=4, chunk_size=16).to(DEVICE).requires_grad_(False)
+    fwd = TeacherForward(teacher)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(2):
+        ids = torch.randint(0, 100, (2, 40), generator=gen).to(DEVICE)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=DEVICE == "cuda"):
+            got = fwd(ids)
+            with torch.no_grad():
+                ref = teacher(ids, return_hidden=True)
+        assert torch.equal(got, ref), f"max diff {(got.float() - ref.float()).abs().max():.2e}"
+    assert (len(fwd._graphs) == 1) == (DEVICE == "cuda")

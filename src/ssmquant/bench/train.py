@@ -1,8 +1,8 @@
 """Training throughput of ternary QAT + KD (the step ``ssmquant distill`` runs), with a baseline in the same run.
 
-The step is the distillation task's own: frozen bf16 teacher forward under no_grad, fp32-master student with ternary
-fake-quant projections under bf16 autocast, the chunked KD loss computed inside the student's forward, backward,
-AdamW. The baseline is a plain bf16-autocast forward + backward + AdamW of the same architecture without teacher and
+The step is the distillation task's own: frozen bf16 teacher forward (no_grad, CUDA-graphed: ``train/teacher.py``),
+fp32-master student with ternary fake-quant projections under bf16 autocast, the chunked KD loss computed inside the
+student's forward, backward, AdamW. The model's scan and norms go through ``model.dispatch`` (Triton on GPU). The baseline is a plain bf16-autocast forward + backward + AdamW of the same architecture without teacher and
 without quantization (what a pretraining step costs), measured in the same process.
 
 Reported: tokens/s of the steady state (CUDA events, median of ``reps`` steps after ``warmup``), a per-component split
@@ -22,6 +22,7 @@ from ..model.config import preset_config
 from ..model.mamba2 import Mamba2LMHeadModel
 from ..quant import QuantConfig, quantize_
 from ..train.losses import kd_loss
+from ..train.teacher import TeacherForward
 from .gpu import environment
 
 
@@ -38,9 +39,11 @@ class TrainBenchConfig:
 
 
 def _step_fns(student, teacher, opt, x, *, quantized: bool):
+    teacher_forward = TeacherForward(teacher) if teacher is not None else None   # as DistillTask.loss runs it
+
     def teacher_fwd():
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16):
-            return teacher(x, return_hidden=True)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            return teacher_forward(x)
 
     def student_fwd(ht):
         with torch.autocast("cuda", dtype=torch.bfloat16):

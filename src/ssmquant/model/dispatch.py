@@ -1,7 +1,7 @@
-"""The one place where the model's scan calls are routed to an implementation.
+"""The one place where the model's scan and norm calls are routed to an implementation.
 
-The model calls ``ssd_scan`` (training / prefill) and ``ssd_step`` (decode); which code runs is decided here, never by
-``if cuda:`` branches scattered through the model. Backends:
+The model calls ``ssd_scan`` (training / prefill), ``ssd_step`` (decode) and ``rms_norm`` (its two norms); which
+code runs is decided here, never by ``if cuda:`` branches scattered through the model. Backends:
 
 ``auto`` (default)
     CUDA tensors go to the Triton chunked scan (``ssmquant.kernels.triton.ssd_scan.ssd_chunk_scan``, forward and
@@ -9,9 +9,14 @@ The model calls ``ssd_scan`` (training / prefill) and ``ssd_step`` (decode); whi
     Triton, odd chunk sizes) goes to the PyTorch reference. This is what ``ssmquant distill``, ``pretrain``,
     ``bench train``, prefill and evaluation use with no flag.
 ``torch``
-    The PyTorch reference (``ssd.ssd_chunked``): the oracle every backend is tested against.
+    The PyTorch references (``ssd.ssd_chunked``, ``norm.rms_norm_ref``): the oracles every backend is tested
+    against.
 ``triton``
     The Triton scan always (CPU tensors only under ``TRITON_INTERPRET=1``); an error where it cannot run.
+
+``rms_norm`` follows the same rule: the fused Triton norm (``kernels.triton.rmsnorm``, one kernel forward and one
+backward instead of ~30 elementwise ones) for CUDA tensors under ``auto`` (any tensor under ``triton``) where its
+shape fits, else ``norm.rms_norm_ref``; registered backends other than these three use the ``auto`` rule.
 
 The recurrent step (``ssd_step``, one token) is PyTorch in every backend; the fused decode kernels live in
 ``ssmquant.kernels.fast_decode``. Select with ``set_backend(name)`` or the ``SSMQUANT_SCAN`` environment variable
@@ -24,7 +29,7 @@ import functools
 import os
 from collections.abc import Callable
 
-from . import ssd
+from . import norm, ssd
 
 
 @functools.cache
@@ -35,6 +40,16 @@ def _triton_scan() -> Callable | None:
     except ImportError:
         return None
     return ssd_chunk_scan
+
+
+@functools.cache
+def _triton_norm():
+    """The fused norm module, or None without Triton."""
+    try:
+        from ..kernels.triton import rmsnorm
+    except ImportError:
+        return None
+    return rmsnorm
 
 
 def _triton_ok(chunk_size: int) -> bool:
@@ -84,3 +99,12 @@ def ssd_scan(x, dt, A, B, C, *, chunk_size: int, initial_state=None):
 
 def ssd_step(x, dt, A, B, C, state):
     return _BACKENDS[_current][1](x, dt, A, B, C, state)
+
+
+def rms_norm(x, weight, eps: float, *, z=None, group_size: int | None = None, out_dtype=None):
+    """``norm.rms_norm_ref``'s contract: (gated) grouped RMSNorm of x (..., d) in fp32, out in ``out_dtype``."""
+    if _current != "torch" and (x.is_cuda or _current == "triton"):
+        fused = _triton_norm()
+        if fused is not None and fused.supported(x, group_size or x.shape[-1]):
+            return fused.rms_norm_fused(x, weight, eps, z=z, group_size=group_size, out_dtype=out_dtype)
+    return norm.rms_norm_ref(x, weight, eps, z=z, group_size=group_size, out_dtype=out_dtype)

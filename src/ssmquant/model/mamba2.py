@@ -43,9 +43,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(d))
 
     def forward(self, x: torch.Tensor, out_dtype: torch.dtype | None = None) -> torch.Tensor:
-        xf = x.float()
-        y = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()
-        return y.to(out_dtype or x.dtype)
+        return dispatch.rms_norm(x, self.weight, self.eps, out_dtype=out_dtype)
 
 
 class GatedRMSNorm(nn.Module):
@@ -59,10 +57,7 @@ class GatedRMSNorm(nn.Module):
 
     def forward(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """y, z: (..., e) -> (..., e) in y's dtype."""
-        h = y.float() * F.silu(z.float())
-        hg = h.unflatten(-1, (-1, self.group_size))
-        hg = hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (hg.flatten(-2) * self.weight.float()).to(y.dtype)
+        return dispatch.rms_norm(y, self.weight, self.eps, z=z, group_size=self.group_size)
 
 
 class Mamba2Mixer(nn.Module):

@@ -272,7 +272,7 @@ class _SSDChunkScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, chunk_size, initial_state):
         y, final, dt_c, a_c, states = ssd_scan_fwd(x, dt, A, B, C, chunk_size, initial_state)
-        ctx.save_for_backward(x, dt, A, B, C, dt_c, a_c, states, final)
+        ctx.save_for_backward(x, dt, A, B, C, dt_c, a_c, states)
         ctx.chunk_size = chunk_size
         ctx.has_init = initial_state is not None
         ctx.init_dtype = initial_state.dtype if initial_state is not None else None
@@ -283,9 +283,8 @@ class _SSDChunkScan(torch.autograd.Function):
     def backward(ctx, dy, dfinal):
         from .ssd_scan_bwd import ssd_scan_bwd
 
-        x, dt, A, B, C, dt_c, a_c, states, final = ctx.saved_tensors
-        dx, ddt, dA, dB, dC, dinit = ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, dt_c, a_c, states, final,
-                                                  ctx.chunk_size)
+        x, dt, A, B, C, dt_c, a_c, states = ctx.saved_tensors
+        dx, ddt, dA, dB, dC, dinit = ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, dt_c, a_c, states, ctx.chunk_size)
         dinit = dinit.to(ctx.init_dtype) if ctx.has_init and ctx.needs_input_grad[6] else None
         return dx, ddt, dA, dB, dC, None, dinit
 
