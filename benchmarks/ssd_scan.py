@@ -79,6 +79,37 @@ def bench_scan(b, l, h, p, g, n, Q, reps_ms=200) -> dict:
     return out
 
 
+SWEEP = [{"T": 64, "fwd_warps": 4, "bwd_warps": 4, "stages": 2}, {"T": 64, "fwd_warps": 8, "bwd_warps": 8, "stages": 2},
+         {"T": 64, "fwd_warps": 4, "bwd_warps": 8, "stages": 3}, {"T": 32, "fwd_warps": 4, "bwd_warps": 4, "stages": 2}]
+
+
+def sweep(b, l, h, p, g, n, Q) -> list[dict]:
+    """Triton fwd and fwd + bwd times for each launch setting in ``SWEEP`` (bf16, same inputs)."""
+    from triton.testing import do_bench
+
+    from ssmquant.kernels.triton import ssd_scan
+
+    x, dt, A, B, C = _inputs(b, l, h, p, g, n)
+    dy = torch.randn_like(x)
+    leaves = [t.clone().requires_grad_(True) for t in (x, dt, A, B, C)]
+    saved = dict(ssd_scan.TUNING)
+    rows = []
+    for setting in SWEEP:
+        ssd_scan.TUNING.update(setting)
+        with torch.no_grad():
+            fwd = do_bench(lambda: ssd_scan.ssd_chunk_scan(x, dt, A, B, C, Q), warmup=25, rep=100,
+                           return_mode="median")
+
+        def fwd_bwd():
+            ssd_scan.ssd_chunk_scan(*leaves, Q)[0].backward(dy)
+
+        rows.append({**setting, "fwd_ms": fwd, "fwd_bwd_ms": do_bench(fwd_bwd, warmup=25, rep=100,
+                                                                      return_mode="median", grad_to_none=leaves)})
+    ssd_scan.TUNING.clear()
+    ssd_scan.TUNING.update(saved)
+    return rows
+
+
 def profile_train(preset: str, seq_len: int, micro_batch: int, top: int) -> str:
     """torch.profiler table of one QAT + KD step built exactly as ``bench train`` builds it."""
     import copy
@@ -123,6 +154,7 @@ def main() -> None:
     ap.add_argument("--ngroups", type=int, default=1)
     ap.add_argument("--d-state", type=int, default=128)
     ap.add_argument("--chunk", type=int, default=256)
+    ap.add_argument("--sweep", action="store_true", help="also time launch settings (kernels.triton.ssd_scan.TUNING)")
     ap.add_argument("--profile-train", action="store_true", help="also profile one 1.3B QAT + KD step")
     ap.add_argument("--top", type=int, default=40, help="rows of the profile table")
     ap.add_argument("--out", default=None, help="write the JSON here too")
@@ -142,6 +174,13 @@ def main() -> None:
               f"triton fwd {r['triton']['fwd_ms']:.3f} ms, fwd+bwd {r['triton']['fwd_bwd_ms']:.3f} "
               f"(x{r['speedup_fwd']:.0f} / x{r['speedup_fwd_bwd']:.0f}); max rel err "
               f"{max(r['rel_err_vs_torch'].values()):.1e}")
+    if a.sweep:
+        result["sweep"] = sweep(a.batch[0], a.seqlen, a.heads, a.headdim, a.ngroups, a.d_state, a.chunk)
+        for row in result["sweep"]:
+            print(row)
+        if a.out:
+            with open(a.out, "w") as f:
+                f.write(json.dumps(result, indent=2) + "\n")
     if a.profile_train:
         print(profile_train("1.3b", a.seqlen, 1, a.top))
 

@@ -1,10 +1,10 @@
-"""The fused (gated, grouped) RMSNorm kernels against ``model.norm.rms_norm_ref``: values and all gradients."""
+"""The fused (gated, grouped) RMSNorm kernels against ``model.ops.rms_norm_ref``: values and all gradients."""
 
 import pytest
 import torch
 from kernels_util import DEVICE, rel_err
 
-from ssmquant.model.norm import rms_norm_ref
+from ssmquant.model.ops import rms_norm_ref
 
 
 def _check(shape, group_size, gated, in_dtype, out_dtype, tol):

@@ -9,14 +9,15 @@ code runs is decided here, never by ``if cuda:`` branches scattered through the 
     Triton, odd chunk sizes) goes to the PyTorch reference. This is what ``ssmquant distill``, ``pretrain``,
     ``bench train``, prefill and evaluation use with no flag.
 ``torch``
-    The PyTorch references (``ssd.ssd_chunked``, ``norm.rms_norm_ref``): the oracles every backend is tested
+    The PyTorch references (``ssd.ssd_chunked``, ``ops.rms_norm_ref``): the oracles every backend is tested
     against.
 ``triton``
     The Triton scan always (CPU tensors only under ``TRITON_INTERPRET=1``); an error where it cannot run.
 
-``rms_norm`` follows the same rule: the fused Triton norm (``kernels.triton.rmsnorm``, one kernel forward and one
-backward instead of ~30 elementwise ones) for CUDA tensors under ``auto`` (any tensor under ``triton``) where its
-shape fits, else ``norm.rms_norm_ref``; registered backends other than these three use the ``auto`` rule.
+``rms_norm`` and ``causal_conv1d_silu`` follow the same rule: the fused Triton kernels (``kernels.triton.rmsnorm``,
+``kernels.triton.conv1d``: one kernel forward and one backward instead of ~30 elementwise ones, or a transpose copy,
+cuDNN's conv and a SiLU) for CUDA tensors under ``auto`` (any tensor under ``triton``) where their shape fits, else
+the references in ``ops``; registered backends other than these three use the ``auto`` rule.
 
 The recurrent step (``ssd_step``, one token) is PyTorch in every backend; the fused decode kernels live in
 ``ssmquant.kernels.fast_decode``. Select with ``set_backend(name)`` or the ``SSMQUANT_SCAN`` environment variable
@@ -29,7 +30,7 @@ import functools
 import os
 from collections.abc import Callable
 
-from . import norm, ssd
+from . import ops, ssd
 
 
 @functools.cache
@@ -43,13 +44,21 @@ def _triton_scan() -> Callable | None:
 
 
 @functools.cache
-def _triton_norm():
-    """The fused norm module, or None without Triton."""
+def _triton_module(name: str):
+    """``ssmquant.kernels.triton.<name>``, or None without Triton."""
+    import importlib
+
     try:
-        from ..kernels.triton import rmsnorm
+        return importlib.import_module(f"..kernels.triton.{name}", __package__)
     except ImportError:
         return None
-    return rmsnorm
+
+
+def _fused(name: str, x):
+    """The fused module for ``x`` under the current backend, or None for the reference."""
+    if _current != "torch" and (x.is_cuda or _current == "triton"):
+        return _triton_module(name)
+    return None
 
 
 def _triton_ok(chunk_size: int) -> bool:
@@ -102,9 +111,16 @@ def ssd_step(x, dt, A, B, C, state):
 
 
 def rms_norm(x, weight, eps: float, *, z=None, group_size: int | None = None, out_dtype=None):
-    """``norm.rms_norm_ref``'s contract: (gated) grouped RMSNorm of x (..., d) in fp32, out in ``out_dtype``."""
-    if _current != "torch" and (x.is_cuda or _current == "triton"):
-        fused = _triton_norm()
-        if fused is not None and fused.supported(x, group_size or x.shape[-1]):
-            return fused.rms_norm_fused(x, weight, eps, z=z, group_size=group_size, out_dtype=out_dtype)
-    return norm.rms_norm_ref(x, weight, eps, z=z, group_size=group_size, out_dtype=out_dtype)
+    """``ops.rms_norm_ref``'s contract: (gated) grouped RMSNorm of x (..., d) in fp32, out in ``out_dtype``."""
+    fused = _fused("rmsnorm", x)
+    if fused is not None and fused.supported(x, group_size or x.shape[-1]):
+        return fused.rms_norm_fused(x, weight, eps, z=z, group_size=group_size, out_dtype=out_dtype)
+    return ops.rms_norm_ref(x, weight, eps, z=z, group_size=group_size, out_dtype=out_dtype)
+
+
+def causal_conv1d_silu(x, weight, bias):
+    """``ops.causal_conv1d_silu_ref``'s contract: x (b, l, c) -> silu(causal depthwise conv) (b, l, c)."""
+    fused = _fused("conv1d", x)
+    if fused is not None and fused.supported(x):
+        return fused.causal_conv1d_silu(x, weight, bias)
+    return ops.causal_conv1d_silu_ref(x, weight, bias)

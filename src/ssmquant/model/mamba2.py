@@ -91,16 +91,16 @@ class Mamba2Mixer(nn.Module):
             prev = cache.conv_states[self.layer_idx][:, :, 1:].to(xBC_in.dtype)
             full = torch.cat([prev, xBC_in], dim=-1)
             conv = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim)
+            xBC = F.silu(conv).transpose(1, 2)                              # (b, l, e + 2gn)
         else:
             full = xBC_in
-            conv = self.conv1d(xBC_in)[..., :l]
+            xBC = dispatch.causal_conv1d_silu(xBC, self.conv1d.weight, self.conv1d.bias)  # (b, l, e + 2gn)
         if cache is not None:
             k = cfg.d_conv
             tail = full[..., -k:]
             if tail.shape[-1] < k:
                 tail = F.pad(tail, (k - tail.shape[-1], 0))
             cache.conv_states[self.layer_idx].copy_(tail)
-        xBC = F.silu(conv).transpose(1, 2)                                  # (b, l, e + 2gn)
         x, B, C = torch.split(xBC, self._xbc_split, dim=-1)
         h, p, g, n = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
         dt = F.softplus(dt.float() + self.dt_bias.float())                 # (b, l, h), fp32

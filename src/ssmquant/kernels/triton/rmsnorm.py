@@ -4,7 +4,7 @@
     out = h / sqrt(mean_group(h^2) + eps) * weight        fp32 inside, written in ``out_dtype``
 
 Mirrors ``ssmquant.model.mamba2.RMSNorm`` / ``GatedRMSNorm`` (mamba-ssm's ``RMSNorm`` and ``RMSNormGated`` with
-norm_before_gate=False); the PyTorch reference is ``ssmquant.model.norm.rms_norm_ref``, used off the GPU. In
+norm_before_gate=False); the PyTorch reference is ``ssmquant.model.ops.rms_norm_ref``, used off the GPU. In
 PyTorch each norm is ~10 elementwise kernels forward and ~20 backward over fp32 copies of the activations; here a
 program reads a row's groups once and writes the output once, and the backward recomputes h and the group rms
 from x and z (nothing saved but the inputs).
@@ -124,5 +124,5 @@ def supported(x: torch.Tensor, group_size: int) -> bool:
 
 
 def rms_norm_fused(x, weight, eps: float, *, z=None, group_size: int | None = None, out_dtype=None):
-    """``model.norm.rms_norm_ref`` in one kernel each way. x, z (..., d) any float dtype; weight (d,) fp32."""
+    """``model.ops.rms_norm_ref`` in one kernel each way. x, z (..., d) any float dtype; weight (d,) fp32."""
     return _RMSNorm.apply(x, weight, z, float(eps), group_size or x.shape[-1], out_dtype or x.dtype)

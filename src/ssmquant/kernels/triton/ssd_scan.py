@@ -202,9 +202,15 @@ def _check(x, dt, A, B, C, chunk_size, initial_state):
         raise ValueError(f"initial_state {tuple(initial_state.shape)} != (b, h, p, n) = {(b, h, p, B.shape[3])}")
 
 
+# Launch settings (benchmarks/ssd_scan.py --sweep times alternatives): T the tile of chunk positions, warps and
+# software-pipelining stages per kernel family.
+TUNING = {"T": 64, "state_warps": 4, "fwd_warps": 4, "bwd_warps": 4, "stages": 2}
+
+
 def _blocks(Q: int, p: int, n: int) -> dict:
     """Tile sizes: T for positions (rows and columns of a chunk), P for headdim, N for d_state (whole)."""
-    return {"T": min(64, Q), "P": max(16, triton.next_power_of_2(p)), "N": max(16, triton.next_power_of_2(n))}
+    return {"T": min(TUNING["T"], Q), "P": max(16, triton.next_power_of_2(p)),
+            "N": max(16, triton.next_power_of_2(n))}
 
 
 def _prec(dtype: torch.dtype) -> str:
@@ -233,7 +239,8 @@ def _chunk_states(u, v, dt_c, a_c, Q: int, *, from_end: bool, prec: str):
     out = torch.empty(b, nchunk, h, p, n, device=u.device, dtype=torch.float32)
     _chunk_state_kernel[(b * nchunk * h, triton.cdiv(p, BP))](
         u, v, dt_c, a_c, out, l, h, nchunk, p, n, h // g, *u.stride(), *v.stride(),
-        Q=Q, BT=bl["T"], BP=BP, BN=bl["N"], FROM_END=from_end, PREC=prec, num_warps=4)
+        Q=Q, BT=bl["T"], BP=BP, BN=bl["N"], FROM_END=from_end, PREC=prec, num_warps=TUNING["state_warps"],
+        num_stages=TUNING["stages"])
     return out
 
 
@@ -264,7 +271,8 @@ def ssd_scan_fwd(x, dt, A, B, C, chunk_size: int, initial_state=None):
     BP = min(64, bl["P"])
     _chunk_scan_fwd_kernel[(b * nchunk * h, Q // bl["T"], triton.cdiv(p, BP))](
         x, B, C, dt_c, a_c, states, y, l, h, nchunk, p, n, h // g, *x.stride(), *B.stride(), *C.stride(),
-        *y.stride(), Q=Q, BM=bl["T"], BK=bl["T"], BP=BP, BN=bl["N"], PREC=prec, num_warps=4)
+        *y.stride(), Q=Q, BM=bl["T"], BK=bl["T"], BP=BP, BN=bl["N"], PREC=prec, num_warps=TUNING["fwd_warps"],
+        num_stages=TUNING["stages"])
     return y, final, dt_c, a_c, states
 
 

@@ -38,7 +38,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .ssd_scan import _blocks, _chunk_states, _interpreting, _mma, _prec, _state_block
+from .ssd_scan import (
+    TUNING,
+    _blocks,
+    _chunk_states,
+    _interpreting,
+    _mma,
+    _prec,
+    _state_block,
+)
 
 
 @triton.jit
@@ -253,9 +261,11 @@ def ssd_scan_bwd(dy, dfinal, x, dt, A, B, C, dt_c, a_c, states, chunk_size: int)
     grid = (b * nchunk * nhs, Q // BT)
     common = (l, h, nchunk, p, n, hpg, hs, *x.stride(), *Bx.stride(), *Cx.stride(), *dy.stride())
     _chunk_scan_bwd_dx_dB_kernel[grid](x, Bx, Cx, dy, dt_c, a_c, dsn, dx, dB_part, t_state, *common,
-                                       *dx.stride(), Q=Q, BT=BT, BP=BP, BN=BN, PREC=prec, num_warps=4)
+                                       *dx.stride(), Q=Q, BT=BT, BP=BP, BN=BN, PREC=prec,
+                                       num_warps=TUNING["bwd_warps"], num_stages=TUNING["stages"])
     _chunk_scan_bwd_dC_kernel[grid](x, Bx, Cx, dy, dt_c, a_c, states, dC_part, off, ppart, mpart, *common,
-                                    Q=Q, BT=BT, BP=BP, BN=BN, PREC=prec, num_warps=4)
+                                    Q=Q, BT=BT, BP=BP, BN=BN, PREC=prec, num_warps=TUNING["bwd_warps"],
+                                    num_stages=TUNING["stages"])
     dB = dB_part.view(b, l, g, nhs // g, n).sum(3).to(B.dtype)
     dC = dC_part.view(b, l, g, nhs // g, n).sum(3).to(C.dtype)
 
