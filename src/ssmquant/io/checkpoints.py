@@ -196,7 +196,7 @@ def load_model(path_or_id: str | os.PathLike, *, device=None, dtype: torch.dtype
         from ..quant.packed_io import load_packed_model  # packed ternary / binary directories
 
         return load_packed_model(ckpt, cfg_dict, device=device, dtype=dtype)
-    cfg = Mamba2Config.from_dict(cfg_dict, source=str(ckpt.config_path))
+    cfg = model_config_from_dict(cfg_dict, source=str(ckpt.config_path))
     dtype = _parse_dtype(dtype)
     model = load_state_into_model(cfg, iter_tensors(ckpt.weight_files), dtype=dtype, check_finite=check_finite,
                                   source=str(ckpt.directory))
@@ -205,11 +205,26 @@ def load_model(path_or_id: str | os.PathLike, *, device=None, dtype: torch.dtype
     return model.eval()
 
 
+def model_config_from_dict(cfg_dict: dict, *, source: str):
+    """``Mamba2Config`` (either dialect), or the study's Transformer control config when ``model_type`` names it."""
+    from ..model.transformer_control import TransformerControlConfig, is_transformer_control
+
+    if is_transformer_control(cfg_dict):
+        return TransformerControlConfig.from_dict(cfg_dict, source=source)
+    return Mamba2Config.from_dict(cfg_dict, source=source)
+
+
+def model_class_for(cfg) -> type:
+    from ..model.transformer_control import TransformerControlConfig, TransformerControlLM
+
+    return TransformerControlLM if isinstance(cfg, TransformerControlConfig) else Mamba2LMHeadModel
+
+
 def load_state_into_model(cfg: Mamba2Config, tensors, *, dtype=None, check_finite=True,
                           source: str = "checkpoint") -> Mamba2LMHeadModel:
     """Build the model on the meta device and assign validated tensors into it (no second copy in RAM)."""
     with torch.device("meta"):
-        model = Mamba2LMHeadModel(cfg)
+        model = model_class_for(cfg)(cfg)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     if cfg.tie_embeddings:
         expected.pop("lm_head.weight", None)

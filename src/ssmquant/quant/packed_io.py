@@ -207,7 +207,7 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
     dtype: compute dtype of the dense tensors and of the dequantized-weight cache (default: as stored).
     runtime: "dense" (codes + dequantized weight cached; dense speed) or "packed" (codes only). See module doc.
     """
-    from ..io.checkpoints import _parse_dtype
+    from ..io.checkpoints import _parse_dtype, model_class_for, model_config_from_dict
 
     if runtime not in RUNTIMES:
         raise ConfigError(f"runtime={runtime!r}: use one of {list(RUNTIMES)}")
@@ -218,12 +218,14 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
 
         return load_dfssm_model(ckpt, cfg_dict, device=device, dtype=dtype, check_finite=check_finite)
     _check_qc(qc, source)
-    cfg = Mamba2Config.from_dict(cfg_dict, source=source)
+    cfg = model_config_from_dict(cfg_dict, source=source)
     dtype = _parse_dtype(dtype)
     packing = qc["packing"]
     int8_mods = list(qc.get("int8_modules") or [])
     with torch.device("meta"):
-        model = PackedMamba2LMHeadModel(cfg)
+        # The study's Transformer control (``model_type`` in config.json) packs like a Mamba-2; its class has no
+        # ``size_report`` method (use ``quant.size.size_report``).
+        model = PackedMamba2LMHeadModel(cfg) if isinstance(cfg, Mamba2Config) else model_class_for(cfg)(cfg)
     tied = cfg.tie_embeddings
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for n in qc["modules"]:

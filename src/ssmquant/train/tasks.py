@@ -139,7 +139,7 @@ class LMTask:
 
 
 class PretrainTask(LMTask):
-    """Cross-entropy training of a Mamba-2 from mamba-ssm's random init."""
+    """Cross-entropy training of a Mamba-2 from mamba-ssm's random init (or of the study's Transformer control)."""
 
     name = "pretrain"
 
@@ -155,7 +155,10 @@ class PretrainTask(LMTask):
         return {**super().describe(), "model_config": self.model_config.to_own_dict(), "init_seed": self.init_seed}
 
     def build_model(self, device) -> Mamba2LMHeadModel:
-        model = Mamba2LMHeadModel(self.model_config)
+        from ..model.transformer_control import TransformerControlConfig, TransformerControlLM
+
+        cls = TransformerControlLM if isinstance(self.model_config, TransformerControlConfig) else Mamba2LMHeadModel
+        model = cls(self.model_config)
         model.init_weights(self.init_seed)
         return model.to(device)
 
