@@ -36,6 +36,7 @@ class TrainBenchConfig:
     warmup: int = 2
     peak_tflops: float = 989.0      # H100 SXM dense bf16
     baseline: bool = True
+    cuda_graphs: bool = True        # replay the blocks' forward and backward (model/graphs.py), as distill does
 
 
 def _step_fns(student, teacher, opt, x, *, quantized: bool):
@@ -119,6 +120,7 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
     student = copy.deepcopy(base).to("cuda")
     del base
     quantize_(student, QuantConfig(group_size=cfg.group_size, scale_mode="learnable"))
+    student.backbone.cuda_graphs = cfg.cuda_graphs           # as DistillTask.build_model sets it on one GPU
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True)
     torch.cuda.reset_peak_memory_stats()
     qat = _measure(student, teacher, opt, cfg, quantized=True)
@@ -132,6 +134,7 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
         torch.manual_seed(0)
         plain = Mamba2LMHeadModel(mcfg).to("cuda")
         plain.init_weights(0)
+        plain.backbone.cuda_graphs = cfg.cuda_graphs
         opt = torch.optim.AdamW(plain.parameters(), lr=1e-4, fused=True)
         torch.cuda.reset_peak_memory_stats()
         b = _measure(plain, None, opt, cfg, quantized=False)

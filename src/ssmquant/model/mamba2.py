@@ -32,6 +32,7 @@ import torch.utils.checkpoint
 from .cache import InferenceCache
 from .config import Mamba2Config
 from . import dispatch
+from .graphs import LayerGraphs
 
 
 class RMSNorm(nn.Module):
@@ -164,6 +165,11 @@ class Mamba2Backbone(nn.Module):
         # input and recompute the block in the backward pass. Trades ~1/3 more compute for activation memory that
         # no longer grows with depth; what lets a 2.7B student train at sequence 2048 on one 80 GB GPU.
         self.activation_checkpointing = False
+        # CUDA graphs of the blocks in training (a run-time switch; see ``graphs.py``): one replay per block and
+        # direction instead of thousands of kernel launches a step. Ignored off the GPU, with checkpointing, in
+        # eval / no-grad forwards and under torch.compile.
+        self.cuda_graphs = False
+        self._layer_graphs = LayerGraphs()
 
     def forward(self, input_ids: torch.Tensor, cache: InferenceCache | None = None,
                 hidden_states_out: list | None = None) -> torch.Tensor:
@@ -176,10 +182,16 @@ class Mamba2Backbone(nn.Module):
         dtype = h.dtype
         residual = h.float() if self.cfg.residual_in_fp32 else h
         recompute = self.activation_checkpointing and cache is None and self.training and torch.is_grad_enabled()
-        for layer in self.layers:
+        graphed = None
+        if (self.cuda_graphs and not recompute and cache is None and self.training and torch.is_grad_enabled()
+                and residual.is_cuda and not torch.compiler.is_compiling()):
+            graphed = self._layer_graphs.get(self.layers, residual, dtype)
+        for i, layer in enumerate(self.layers):
             if hidden_states_out is not None:
                 hidden_states_out.append(residual)
-            if recompute:
+            if graphed is not None:
+                residual = graphed[i](residual)
+            elif recompute:
                 residual = torch.utils.checkpoint.checkpoint(layer, residual, None, dtype, use_reentrant=False)
             else:
                 residual = layer(residual, cache, dtype)

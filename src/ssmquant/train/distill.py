@@ -171,6 +171,9 @@ class DistillTask(LMTask):
         teacher.eval().requires_grad_(False)
         self.teacher = teacher
         _prepare(student, self.qcfg)
+        # Replay the blocks from CUDA graphs (model/graphs.py) on a single GPU; sharded parameters move, so not
+        # under torch.distributed.
+        student.backbone.cuda_graphs = device.type == "cuda" and not torch.distributed.is_initialized()
         if not any(True for _ in ternary_modules(student)) and self.cfg.method == "ternary":
             raise ConfigError(f"no module matches --include {list(self.cfg.include)}: nothing would be quantized")
         return student.train()
