@@ -79,8 +79,9 @@ def bench_scan(b, l, h, p, g, n, Q, reps_ms=200) -> dict:
     return out
 
 
-SWEEP = [{"T": 64, "fwd_warps": 4, "bwd_warps": 4, "stages": 2}, {"T": 64, "fwd_warps": 8, "bwd_warps": 8, "stages": 2},
-         {"T": 64, "fwd_warps": 4, "bwd_warps": 8, "stages": 3}, {"T": 32, "fwd_warps": 4, "bwd_warps": 4, "stages": 2}]
+SWEEP = [{"T": 64, "fwd_warps": 4, "bwd_warps": 8, "stages": 3}, {"T": 64, "fwd_warps": 4, "bwd_warps": 8, "stages": 2},
+         {"T": 64, "fwd_warps": 4, "bwd_warps": 4, "stages": 3}, {"T": 32, "fwd_warps": 4, "bwd_warps": 4, "stages": 3},
+         {"T": 32, "fwd_warps": 4, "bwd_warps": 8, "stages": 2}, {"T": 32, "fwd_warps": 2, "bwd_warps": 4, "stages": 2}]
 
 
 def sweep(b, l, h, p, g, n, Q) -> list[dict]:
@@ -178,6 +179,9 @@ def main() -> None:
         result["sweep"] = sweep(a.batch[0], a.seqlen, a.heads, a.headdim, a.ngroups, a.d_state, a.chunk)
         for row in result["sweep"]:
             print(row)
+        best = min(result["sweep"], key=lambda r: r["fwd_bwd_ms"])
+        result["best"] = {k: best[k] for k in SWEEP[0]}
+        print("best:", json.dumps(result["best"]))
         if a.out:
             with open(a.out, "w") as f:
                 f.write(json.dumps(result, indent=2) + "\n")

@@ -33,6 +33,7 @@ to the input dtype before its product; for fp32 inputs every product is full fp3
 
 from __future__ import annotations
 
+import json
 import os
 
 import torch
@@ -206,6 +207,8 @@ def _check(x, dt, A, B, C, chunk_size, initial_state):
 # software-pipelining stages per kernel family. H100, 1.3B shape, b 1: fwd + bwd 1.45 ms with these against 1.87
 # with 4 backward warps and 2 stages (benchmarks/RESULTS.md).
 TUNING = {"T": 64, "state_warps": 4, "fwd_warps": 4, "bwd_warps": 8, "stages": 3}
+# An override for tuning runs, e.g. SSMQUANT_SCAN_TUNING='{"T": 32, "bwd_warps": 4}'.
+TUNING.update(json.loads(os.environ.get("SSMQUANT_SCAN_TUNING", "{}")))
 
 
 def _blocks(Q: int, p: int, n: int) -> dict:
