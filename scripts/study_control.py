@@ -248,7 +248,8 @@ def plot(out: Path) -> None:
         for r in lens:
             res = r["result"]
             style = "-" if r["tag"].startswith("mamba") else "--"
-            ax[0].plot(range(len(res["kl"])), res["kl"], style, marker="o", label=f"{r['tag']}: {r['name']}")
+            pts = [(i, v) for i, v in enumerate(res["kl"]) if v > 1e-9]   # the teacher's own output: KL 0, off a log axis
+            ax[0].plot(*zip(*pts), style, marker="o", label=f"{r['tag']}: {r['name']}")
             ax[1].plot(range(len(res["top1"])), res["top1"], style, marker="o", label=f"{r['tag']}: {r['name']}")
         ax[0].set(xlabel="layer (0 = embedding)", ylabel="KL(teacher final ‖ lens)", yscale="log",
                   title="logit lens: KL to the teacher's output")
@@ -291,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--parts", nargs="+", default=list(ABLATE))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tokens", default="100K")
-    p.add_argument("--extra", nargs="*", default=[], help="distill: further flags")
+    p.add_argument("--extra", default="", help="distill: further flags as one string, e.g. --extra='--lr 1e-3'")
     p.add_argument("--n-seqs", type=int, default=8)
     p.add_argument("--seqlen", type=int, default=512)
     p.add_argument("--data-dir", default=".carry/evaldata")
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             run_ptq(out, a.teacher, a.tag, part, ["--method", "rtn", "--include", *ABLATE[part]], "ablate")
     elif a.experiment == "distill":
         for s in a.seeds:
-            run_distill(out, a.teacher, a.tag, s, a.tokens, a.extra)
+            run_distill(out, a.teacher, a.tag, s, a.tokens, shlex.split(a.extra))
     elif a.experiment in ("lens", "position"):
         fn = run_lens if a.experiment == "lens" else run_position
         fn(out, a.teacher, a.tag, a.name or ("rtn" if a.rtn else "teacher" if not a.student else "student"),
