@@ -235,6 +235,22 @@ def table(out: Path) -> str:
     return "\n".join(lines)
 
 
+COLORS = {"teacher": "black", "qat-kd": "tab:blue", "dfssm-r21": "tab:purple", "rtn": "tab:red",
+          "gptq-qep0.5": "tab:orange", "lrec32": "tab:green"}
+LINES = {"mamba": "-", "mamba-large": "-.", "transformer": "--"}
+
+
+def _style(r: dict) -> dict:
+    """Colour by what is analysed, line by which model (the legend reads model: analysed)."""
+    return {"color": COLORS.get(r["name"], "gray"), "ls": LINES.get(r["tag"], ":"), "marker": "o", "ms": 4,
+            "label": f"{r['tag']}: {r['name']}"}
+
+
+def _legend_below(fig, ax) -> None:
+    fig.legend(*ax.get_legend_handles_labels(), loc="lower center", ncol=5, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+
+
 def plot(out: Path) -> None:
     import matplotlib
 
@@ -244,37 +260,33 @@ def plot(out: Path) -> None:
     rows = load_rows(out)
     lens = [r for k, r in sorted(rows.items()) if k[0] == "lens"]
     if lens:
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4.8))
         for r in lens:
             res = r["result"]
-            style = "-" if r["tag"].startswith("mamba") else "--"
             pts = [(i, v) for i, v in enumerate(res["kl"]) if v > 1e-9]   # the teacher's own output: KL 0, off a log axis
-            ax[0].plot(*zip(*pts), style, marker="o", label=f"{r['tag']}: {r['name']}")
-            ax[1].plot(range(len(res["top1"])), res["top1"], style, marker="o", label=f"{r['tag']}: {r['name']}")
+            ax[0].plot(*zip(*pts), **_style(r))
+            ax[1].plot(range(len(res["top1"])), res["top1"], **_style(r))
         ax[0].set(xlabel="layer (0 = embedding)", ylabel="KL(teacher final ‖ lens)", yscale="log",
                   title="logit lens: KL to the teacher's output")
         ax[1].set(xlabel="layer (0 = embedding)", ylabel="top-1 agreement with teacher's output",
                   title="logit lens: top-1 agreement")
-        ax[1].legend(fontsize=7)
-        fig.tight_layout()
+        _legend_below(fig, ax[0])
         fig.savefig("docs/img/study_lens.png", dpi=110)
     pos = [r for k, r in sorted(rows.items()) if k[0] == "position"]
     if pos:
-        fig, ax = plt.subplots(1, 2, figsize=(11, 4))
+        fig, ax = plt.subplots(1, 2, figsize=(11, 4.8))
         for r in pos:
             res = r["result"]
             mids = [(lo + hi) / 2 for lo, hi in res["buckets"]]
-            style = "-" if r["tag"].startswith("mamba") else "--"
-            ax[0].plot(mids, res["rel_err"][-1], style, marker="o", label=f"{r['tag']}: {r['name']}")
-            ax[1].plot(mids, res["kl"], style, marker="o", label=f"{r['tag']}: {r['name']}")
+            ax[0].plot(mids, res["rel_err"][-1], **_style(r))
+            ax[1].plot(mids, res["kl"], **_style(r))
         ax[0].set(xscale="log", xlabel="position (bucket centre)", ylabel="‖h_s − h_t‖ / ‖h_t‖, last layer",
                   title="residual-stream error vs position")
         ax[1].set(xscale="log", yscale="log", xlabel="position (bucket centre)", ylabel="KL(teacher ‖ student)",
                   title="output KL vs position")
         for a in ax:
             a.axvline(512, color="gray", lw=0.8, ls=":")
-        ax[1].legend(fontsize=7)
-        fig.tight_layout()
+        _legend_below(fig, ax[0])
         fig.savefig("docs/img/study_position.png", dpi=110)
 
 

@@ -232,7 +232,7 @@ def table(out: Path) -> str:
 def plot_svg(out: Path, path: Path) -> None:
     """Student perplexity vs bits per projection weight (groups, DF-SSM, post-hoc RTN) as a plain SVG.
 
-    Hand-written SVG because matplotlib is an optional dependency that this CPU environment lacks."""
+    Hand-written SVG: it was written before matplotlib (an optional dependency) was installed here."""
     rows = load_rows(out)
     pts = [("row" if r["name"] == "grow" else r["name"], r["bits_per_weight"], r["student_ppl"])
            for (e, _), r in rows.items() if e == "groups"]
