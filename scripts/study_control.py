@@ -40,6 +40,7 @@ PTQ_METHODS = {  # name -> ssmquant ptq flags (docs/ptq_dfssm.md's commands at g
     "gptq": ["--method", "gptq", "--calib-seqs", "128", "--calib-len", "256"],
     "gptq-qep0.5": ["--method", "gptq", "--calib-seqs", "128", "--calib-len", "256", "--qep-alpha", "0.5"],
     "lrec32": ["--method", "lrec", "--rank", "32"],
+    "hg-gsq": ["--method", "hg-gsq", "--calib-seqs", "128", "--calib-len", "256"],
 }
 ABLATE = {  # which projections RTN quantizes (the Transformer's names; Mamba has only in_proj / out_proj)
     "attn-qkv": [r"\.attn\.in_proj$"], "attn-out": [r"\.attn\.out_proj$"], "mlp-in": [r"\.mlp\.in_proj$"],
@@ -84,10 +85,13 @@ def teacher_ppl(teacher: str) -> float:
                           batch_size=8, max_tokens=REPORT_TOKENS, device=dev)["ppl"]
 
 
-def run_ptq(out: Path, teacher: str, tag: str, name: str, flags: list[str], experiment: str = "ptq") -> dict:
+def run_ptq(out: Path, teacher: str, tag: str, name: str, flags: list[str], experiment: str = "ptq",
+            group_size: int = 256) -> dict:
+    if group_size != 256:
+        name = f"{name}-g{group_size}"
     run = out / experiment / tag / name
-    cmd = ["ssmquant", "ptq", teacher, *flags, "--group-size", "256", "--eval", "--eval-tokens", str(REPORT_TOKENS),
-           "--out", str(run)]
+    cmd = ["ssmquant", "ptq", teacher, *flags, "--group-size", str(group_size), "--eval", "--eval-tokens",
+           str(REPORT_TOKENS), "--out", str(run)]
     wall = None
     if not (run / "ptq_report.json").is_file():
         t0 = time.time()
@@ -300,7 +304,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--name", default=None, help="lens/position/eval: label of the analysed model")
     p.add_argument("--student", default=None, help="lens/position/eval: model directory (default: the teacher)")
     p.add_argument("--rtn", action="store_true", help="lens/position: post-hoc RTN ternary of the teacher (group 256)")
-    p.add_argument("--methods", nargs="+", default=list(PTQ_METHODS))
+    p.add_argument("--methods", nargs="+", default=[m for m in PTQ_METHODS if m != "hg-gsq"],
+                   help="ptq methods (default: all but hg-gsq, the slowest)")
+    p.add_argument("--group-size", type=int, default=256, help="ptq: group size (default 256)")
     p.add_argument("--parts", nargs="+", default=list(ABLATE))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--tokens", default="100K")
@@ -317,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
         record(out, {"experiment": "teacher", "tag": a.tag, "name": "teacher", "ppl": teacher_ppl(a.teacher),
                      "command": f"python scripts/study_control.py ptq --teacher {a.teacher}"})
         for m in a.methods:
-            run_ptq(out, a.teacher, a.tag, m, PTQ_METHODS[m])
+            run_ptq(out, a.teacher, a.tag, m, PTQ_METHODS[m], group_size=a.group_size)
     elif a.experiment == "ablate":
         for part in a.parts:
             run_ptq(out, a.teacher, a.tag, part, ["--method", "rtn", "--include", *ABLATE[part]], "ablate")

@@ -290,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default="runs/study", help="study directory (default runs/study)")
     p.add_argument("--tokens", default="100K", help="training tokens per run (default 100K)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds (default 0 1 2; "
-                   "groups/dfssm use the first)")
+                   "groups use the first)")
     p.add_argument("--fp32", action="store_true", help="scratch: also the unquantized model (seed: the first)")
     p.add_argument("--rank", type=int, default=21, help="dfssm: rank of the int8 correction (default 21: 2.04 "
                    "bits per projection weight, ternary group 256 is 2.06)")
@@ -310,8 +310,10 @@ def main(argv: list[str] | None = None) -> None:
         for g in ("64", "128", "row"):
             distill_run(out, "groups", f"g{g}", a.seeds[0], a.tokens, ["--group-size", g])
     elif a.experiment == "dfssm":
-        distill_run(out, "dfssm", f"r{a.rank}", a.seeds[0], a.tokens,
-                    ["--method", "dfssm", "--rank", str(a.rank), "--group-size", "128"])
+        # Seed 0 keeps its first name (r21) so the earlier runs are found again; other seeds get a suffix.
+        for s in a.seeds:
+            distill_run(out, "dfssm", f"r{a.rank}" + (f"-s{s}" if s else ""), s, a.tokens,
+                        ["--method", "dfssm", "--rank", str(a.rank), "--group-size", "128"])
     elif a.experiment == "drift":
         # docs/evaluation.md's command, with the QAT student added and the weight-noise models left out.
         cmd = ["ssmquant", "drift", "--student", str(out / "seeds" / f"s{a.seeds[0]}" / "model"), "--no-weight-noise",
