@@ -89,3 +89,94 @@ def test_gemv_real_shapes_gpu(N, K):
     ref = ternary_linear_ref(x, w)
     assert rel_err(gemv(x, w), ref) < 1e-5
     assert rel_err(ternary_matmul(x.repeat(8, 1), w), ref.repeat(8, 1)) < 2e-3
+
+
+# ------------------------------------------------------------------ 1-bit scaffolds and DF-SSM
+def _binary(N, K, G, seed=0, device=DEVICE):
+    g = torch.Generator().manual_seed(seed)
+    signs = (torch.randint(0, 2, (N, K), generator=g) * 2 - 1).to(torch.int8)
+    scale = (torch.rand(N, K // G, generator=g) + 0.5).half()
+    return signs.to(device), scale.to(device)
+
+
+def test_pack_1bit_roundtrip():
+    signs, scale = _binary(6, 256, 128, device="cpu")
+    w = pack_gemv(signs, scale, 128, bits=1)
+    assert w.words.shape == (6, 8) and w.block == 128 and w.words_per_block == 4
+    assert torch.equal(unpack_codes_ref(w), signs)
+    with pytest.raises(ValueError, match="zeros"):
+        pack_gemv(torch.zeros(2, 32, dtype=torch.int8), torch.ones(2, 1).half(), 32, bits=1)
+
+
+@pytest.mark.parametrize("norm,group", [(None, None), ("rms", None), ("gated", 128)])
+def test_gemv_1bit_matches_reference(norm, group):
+    from ssmquant.kernels.triton.gemv import gemv, gemv_ref
+
+    N, K, G = 40, 256, 128
+    signs, scale = _binary(N, K, G, seed=6)
+    w = pack_gemv(signs, scale, G, bits=1)
+    g = torch.Generator().manual_seed(7)
+    x, nw, res = (torch.randn(*s, generator=g).to(DEVICE) for s in [(3, K), (K,), (3, N)])
+    out = torch.full((3, N), float("nan"), device=DEVICE)
+    gemv(x, w, norm=norm, norm_weight=nw, norm_group=group, residual=res, out=out,
+         config=dict(BN=16, BKW=4, num_warps=4))
+    ref = gemv_ref(x, w, norm=norm, norm_weight=nw, norm_group=group, residual=res)
+    err = rel_err(out, ref)
+    assert err < 1e-5, f"rel err {err:.2e}, max abs diff {(out - ref).abs().max():.3e}"
+
+
+@pytest.mark.parametrize("rank", [0, 12, 32])
+def test_gemv_lowrank_matches_reference(rank):
+    from ssmquant.kernels.layout import lowrank_linear_ref, pack_lowrank
+    from ssmquant.kernels.triton.gemv import gemv, gemv_ref
+
+    N, K, G = 48, 256, 128
+    signs, scale = _binary(N, K, G, seed=8)
+    g = torch.Generator().manual_seed(9)
+    uq = torch.randint(-127, 128, (N, rank), generator=g).to(torch.int8)
+    vq = torch.randint(-127, 128, (rank, K), generator=g).to(torch.int8)
+    us, vs = (torch.rand(N, generator=g) * 0.02).half(), (torch.rand(rank, generator=g) * 0.02).half()
+    w = pack_lowrank(signs, scale, *(t.to(DEVICE) for t in (uq, us, vq, vs)), G)
+    x, nw = torch.randn(2, K, generator=g).to(DEVICE), torch.randn(K, generator=g).to(DEVICE)
+    res = torch.randn(2, N, generator=g).to(DEVICE)
+    out = gemv(x, w, norm="rms", norm_weight=nw, residual=res, out=res.clone())
+    ref = gemv_ref(x, w, norm="rms", norm_weight=nw, residual=res)
+    assert rel_err(out, ref) < 1e-5, f"max abs diff {(out - ref).abs().max():.3e}"
+    from ssmquant.kernels.triton.gemv import norm_ref
+    assert rel_err(out - res, lowrank_linear_ref(norm_ref(x, "rms", nw), w)) < 1e-5
+
+
+def test_gemv_int8_rows_matches_reference():
+    from ssmquant.kernels.triton.gemv import gemv, gemv_ref
+
+    g = torch.Generator().manual_seed(10)
+    q = torch.randint(-127, 128, (50, 64), generator=g).to(torch.int8).to(DEVICE)
+    s = (torch.rand(50, generator=g) * 0.01).half().to(DEVICE)
+    x, nw = torch.randn(2, 64, generator=g).to(DEVICE), torch.randn(64, generator=g).to(DEVICE)
+    out = gemv(x, q, norm="rms", norm_weight=nw, row_scale=s, config=dict(BN=16, BKW=32, num_warps=4))
+    ref = gemv_ref(x, q, norm="rms", norm_weight=nw, row_scale=s)
+    assert rel_err(out, ref) < 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N,K", [(8512, 2048), (2048, 4096)])
+def test_gemv_1bit_and_lowrank_real_shapes_gpu(N, K):
+    """Default tile configs at the 1.3B shapes, with and without programmatic dependent launch."""
+    from ssmquant.kernels.layout import pack_lowrank
+    from ssmquant.kernels.triton.gemv import gemv, gemv_ref
+
+    signs, scale = _binary(N, K, 128, seed=11, device="cuda")
+    w1 = pack_gemv(signs, scale, 128, bits=1)
+    uq = torch.randint(-127, 128, (N, 12), device="cuda").to(torch.int8)
+    vq = torch.randint(-127, 128, (12, K), device="cuda").to(torch.int8)
+    fac = (uq, torch.full((N,), 1e-3, device="cuda").half(), vq, torch.full((12,), 1e-3, device="cuda").half())
+    lw1 = pack_lowrank(signs, scale, *fac, 128)
+    lw2 = pack_lowrank(signs, scale, *fac, 128, bits=2)          # the scaffold in 2-bit words, as FastDecoder runs it
+    nw = torch.rand(K, device="cuda") + 0.5
+    for M in (1, 4):
+        x = torch.randn(M, K, device="cuda")
+        for pdl in (False, True):
+            for w in (w1, lw1, lw2):
+                got = gemv(x, w, norm="rms", norm_weight=nw, config=dict(pdl=pdl))
+                err = rel_err(got, gemv_ref(x, w, norm="rms", norm_weight=nw))
+                assert err < 1e-5, f"M={M} pdl={pdl} {type(w).__name__}: rel err {err:.2e}"

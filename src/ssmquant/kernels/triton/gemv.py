@@ -1,6 +1,7 @@
-"""Matrix-vector products for decode: ternary (2-bit GEMV layout) or dense fp16 weights, with fused norms.
+"""Matrix-vector products for decode: packed ternary (2-bit), binary (1-bit DF-SSM scaffold, + its int8 low-rank
+correction), dense fp16 or int8-per-row weights, with fused norms.
 
-    out[m, n] = sum_k W[n, k] * xn[m, k]  (+ res[m, n])
+    out[m, n] = sum_k W[n, k] * xn[m, k]  (+ u_scale[n] * sum_r U[n, r] t[m, r])  (+ res[m, n])
 
 where ``xn`` is the activation row after an optional fused prologue:
 
@@ -18,6 +19,17 @@ weight in tiles of (BN, BKW) words. Ternary decoding is described in ``kernels/l
 Batch rows are separate programs, so at M > 1 the weights are re-read from L2, not from HBM; for M >= 16 the
 tensor-core GEMM (``gemm.py``) is faster.
 
+1-bit fields decode like 2-bit ones (``_field1``): ``2**23 + b * 2**p`` minus ``2**23 + 2**(p - 1)`` is
+``(b - 1/2) * 2**p``, so the sign ``2b - 1`` costs the same three instructions per weight. DF-SSM's correction is
+``U (V xn)``: ``t = (V xn) * v_scale`` is this kernel on the dense int8 ``V`` with row scales (a launch of r rows),
+and the scaffold launch adds ``u_scale * (U t)`` in its epilogue (U's rows load with the weights).
+
+Programmatic dependent launch (``PDL``, Hopper, see :func:`pdl_supported`): the first weight tile (and U's rows) is
+loaded *before* ``gdc_wait``, so this kernel's weight traffic overlaps the previous kernel's tail; nothing the
+previous kernel writes is read before the wait, nothing is written before it, and dependents are released only
+after it. Hence, when a kernel starts, the kernel two launches back has finished: ``ssm_step.py`` relies on this
+to read the SSM state early. Every decode kernel here follows these rules.
+
 Reference: :func:`gemv_ref`. Mirrors nothing in mamba-ssm (it decodes with cuBLAS GEMV and separate norm kernels).
 """
 
@@ -29,7 +41,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..layout import CODES_PER_WORD, GemvTernaryWeight, dequant_ref
+from ..layout import GemvLowRankWeight, GemvTernaryWeight, dequant_ref, lowrank_linear_ref
 
 _NORMS = {None: 0, "rms": 1, "gated": 2}
 
@@ -58,23 +70,46 @@ def _field(words, whi, xj, J: tl.constexpr):
 
 
 @triton.jit
+def _field1(src, xj, POS: tl.constexpr):
+    """sign_J * x_J for a 1-bit field at bit POS (1 <= POS <= 22) of ``src``: ``2**23 + b * 2**POS`` minus
+    ``2**23 + 2**(POS - 1)`` is ``(b - 1/2) * 2**POS`` exactly, and x is pre-scaled by ``2**(1 - POS)``."""
+    f = ((src & (1 << POS)) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + (1 << (POS - 1)))
+    return f * (xj * (2.0 / (1 << POS)))[None, :]
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, res_ptr, stride_rm,
-                 out_ptr, stride_om, N, K, eps,
+                 out_ptr, stride_om, u_ptr, us_ptr, t_ptr, stride_tm, R, N, K, eps,
                  G: tl.constexpr, KW: tl.constexpr, TERNARY: tl.constexpr,
                  NORM: tl.constexpr, NORM_GS: tl.constexpr, NORM_NG: tl.constexpr, NG_P2: tl.constexpr,
-                 ADD_RES: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr, BK_NORM: tl.constexpr):
+                 ADD_RES: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr, BK_NORM: tl.constexpr,
+                 ROW_SCALE: tl.constexpr, PDL: tl.constexpr, BITS: tl.constexpr, LOWRANK: tl.constexpr,
+                 RP: tl.constexpr):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     offs_n = pid_n * BN + tl.arange(0, BN)
     nmask = offs_n < N
     xrow = x_ptr + m * stride_xm
-    KB: tl.constexpr = KW * 16
-    KWT = K // 16
+    F: tl.constexpr = 32 // BITS
+    KB: tl.constexpr = KW * F
+    KWT = K // F
+    if LOWRANK:
+        # DF-SSM's correction U t (t = V xn, made by a GEMV launched just before): U rows load with the weights.
+        rr = tl.arange(0, RP)
+        ut = tl.load(u_ptr + offs_n[:, None] * R + rr[None, :], mask=nmask[:, None] & (rr < R)[None, :],
+                     other=0).to(tl.float32)
+        us = tl.load(us_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
     if TERNARY:
         # Issue the first weight tile before the norm prologue, so HBM latency overlaps the statistics.
         cols = tl.arange(0, BKW)
         words = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
                         mask=nmask[:, None] & (cols < KWT)[None, :], other=0)
+    if ROW_SCALE:
+        rs = tl.load(s_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
+    if PDL:
+        # Programmatic dependent launch: the weights above overlap the previous kernel (module docstring).
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
     # ---- prologue: norm statistics of this activation row ----
     r = 1.0
@@ -96,7 +131,32 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
         rg = tl.rsqrt(tl.sum(ss2, 1) / NORM_GS + eps)                       # (NG_P2,)
 
     acc = tl.zeros([BN, BKW], tl.float32)
-    if TERNARY:
+    if TERNARY and BITS == 1:
+        for c0 in range(0, KWT, BKW):
+            cols = c0 + tl.arange(0, BKW)
+            cmask = cols < KWT
+            kstart = (cols // KW) * KB
+            kbase = kstart + cols % KW
+            sc = tl.load(s_ptr + offs_n[:, None] * stride_sn + (kstart // G)[None, :],
+                         mask=nmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            if NORM == 2:
+                rv = tl.sum(tl.where(gg[:, None] == (kstart // NORM_GS)[None, :], rg[:, None], 0.0), 0)
+            else:
+                rv = r
+            # 32 one-bit fields: field 0 from words << 1 (its offset 2**23 + 1/2 is no fp32), 1..22 in place,
+            # 23..31 from words >> 22.
+            wlo = words << 1
+            whi = words >> 22
+            t = _field1(wlo, _xload(xrow, nw_ptr, kbase, cmask, rv, NORM), 1)
+            for j in tl.static_range(1, 23):
+                t += _field1(words, _xload(xrow, nw_ptr, kbase + j * KW, cmask, rv, NORM), j)
+            for j in tl.static_range(23, 32):
+                t += _field1(whi, _xload(xrow, nw_ptr, kbase + j * KW, cmask, rv, NORM), j - 22)
+            acc += t * sc
+            nxt = cols + BKW
+            words = tl.load(w_ptr + offs_n[:, None] * stride_wn + nxt[None, :],
+                            mask=nmask[:, None] & (nxt < KWT)[None, :], other=0)
+    elif TERNARY:
         for c0 in range(0, KWT, BKW):
             cols = c0 + tl.arange(0, BKW)
             cmask = cols < KWT
@@ -161,35 +221,70 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
             acc += w * _xload(xrow, nw_ptr, kk, kmask, rv, NORM)[None, :]
 
     out = tl.sum(acc, 1)
+    if ROW_SCALE:
+        out = out * rs
+    if LOWRANK:
+        tv = tl.load(t_ptr + m * stride_tm + rr, mask=rr < R, other=0.0)
+        out += us * tl.sum(ut * tv[None, :], 1)
     if ADD_RES:
         out += tl.load(res_ptr + m * stride_rm + offs_n, mask=nmask, other=0.0).to(tl.float32)
     tl.store(out_ptr + m * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=nmask)
 
 
-def default_config(N: int, K: int, ternary: bool) -> dict:
+def default_config(N: int, K: int, ternary: bool, bits: int = 2) -> dict:
     """Tile sizes: every program loads its whole weight slice in one or two tiles, so many loads are in flight."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         # The CPU interpreter's cost grows with the number of programs, not with tile size.
-        return dict(BN=min(256, triton.next_power_of_2(N)), BKW=min(64, triton.next_power_of_2(K // 16)),
+        return dict(BN=min(256, triton.next_power_of_2(N)), BKW=min(64, triton.next_power_of_2(K * bits // 32)),
                     num_warps=4)
+    if ternary and bits == 1:
+        # Each activation slice serves 32 fields of a word but only the rows of its thread: more rows per program
+        # than for 2-bit (SASS for sm_90: 6.8 instructions per weight at 32 x 64 words, 9.2 at 16 x 64).
+        return dict(BN=32, BKW=min(triton.next_power_of_2(K // 32), 64), num_warps=4)
     if ternary:
-        kwt = K // CODES_PER_WORD
+        kwt = K * bits // 32
         bkw = min(triton.next_power_of_2(kwt), 256)
+        # About 32K weights per program. Alone, in_proj (2048 -> 8512) is as fast at BN=8 (6.95-7.06 us vs 7.32 us,
+        # H100 with PDL), but in decode every program also recomputes its row's norm statistics, and 1.3B decode
+        # measured 1.035 ms/token at BN=16 vs 1.127 at BN=8 (benchmarks/RESULTS.md).
         bn = max(4, min(64, 2048 // bkw))
         return dict(BN=bn, BKW=bkw, num_warps=4)
     # Measured on H100 (benchmarks/gpu_inference.py --sweep): 4 rows per program for the projections, 8 for the head.
     return dict(BN=4 if N < 16384 else 8, BKW=512 if K >= 512 else triton.next_power_of_2(K), num_warps=4)
 
 
+def pdl_supported() -> bool:
+    """Programmatic dependent launch: Hopper or newer, a Triton that exposes it, not the interpreter, and not
+    switched off with ``SSMQUANT_PDL=0``."""
+    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+        return False
+    if os.environ.get("SSMQUANT_PDL", "1") == "0":
+        return False
+    return torch.cuda.get_device_capability()[0] >= 9 and hasattr(tl.extra.cuda, "gdc_wait")
+
+
 def gemv(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch.Tensor | None = None,
          norm_group: int | None = None, eps: float = 1e-5, residual: torch.Tensor | None = None,
-         out: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, config: dict | None = None
-         ) -> torch.Tensor:
-    """x (M, K) -> (M, N). ``weight``: :class:`GemvTernaryWeight` or a dense (N, K) tensor. See the module docstring.
+         out: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, config: dict | None = None,
+         row_scale: torch.Tensor | None = None, lowrank_config: dict | None = None) -> torch.Tensor:
+    """x (M, K) -> (M, N). ``weight``: :class:`GemvTernaryWeight` (2-bit ternary or 1-bit binary),
+    :class:`GemvLowRankWeight` (DF-SSM) or a dense (N, K) tensor. See the module docstring.
 
-    ``residual`` (M, N) fp32 is added; ``out`` may be ``residual`` (in-place residual update).
+    ``residual`` (M, N) fp32 is added; ``out`` may be ``residual`` (in-place residual update). ``row_scale`` (N,)
+    multiplies each output row (a dense int8 weight with one scale per row: the int8 LM head). A DF-SSM weight
+    takes two launches: ``t = (V xn) * v_scale`` (this same kernel on the int8 ``V`` with its row scales, config
+    ``lowrank_config``), then the scaffold GEMV whose epilogue adds ``u_scale * (U t)``.
     """
+    lowrank = isinstance(weight, GemvLowRankWeight)
+    t = None
+    if lowrank:
+        if weight.rank:
+            t = gemv(x, weight.v_q, norm=norm, norm_weight=norm_weight, norm_group=norm_group, eps=eps,
+                     row_scale=weight.v_scale, config=lowrank_config)          # (M, r) fp32
+        weight_lr, weight = weight, weight.scaffold
     ternary = isinstance(weight, GemvTernaryWeight)
+    if row_scale is not None and (ternary or row_scale.shape != (weight.shape[0],)):
+        raise ValueError("row_scale applies to a dense (N, K) weight and must be (N,)")
     N, K = weight.shape
     M = x.shape[0]
     if x.dim() != 2 or x.shape[1] != K or x.stride(1) != 1:
@@ -209,28 +304,39 @@ def gemv(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch
         out = torch.empty(M, N, device=x.device, dtype=out_dtype)
     if residual is not None and residual.shape != (M, N):
         raise ValueError(f"residual must be ({M}, {N})")
-    cfg = dict(default_config(N, K, ternary), **(config or {}))
+    cfg = dict(default_config(N, K, ternary, weight.bits if ternary else 2), **(config or {}))
+    pdl = cfg.pop("pdl", None)
+    if pdl is None:
+        pdl = pdl_supported()
     if ternary:
         w_ptr, stride_wn, s_ptr, stride_sn = weight.words, weight.words.stride(0), weight.scale, weight.scale.stride(0)
-        G, KW = weight.group_size, weight.block // CODES_PER_WORD
+        G, KW, bits = weight.group_size, weight.words_per_block, weight.bits
     else:
         if weight.stride(1) != 1:
             raise ValueError("dense weight must have unit last stride")
-        w_ptr, stride_wn, s_ptr, stride_sn, G, KW = weight, weight.stride(0), weight, 0, 1, 1
+        w_ptr, stride_wn, G, KW, bits = weight, weight.stride(0), 1, 1, 2
+        s_ptr, stride_sn = (row_scale, 0) if row_scale is not None else (weight, 0)
+    if t is not None:
+        u, us, R = weight_lr.u_q, weight_lr.u_scale, weight_lr.rank
+    else:
+        u, us, R, t = w_ptr, w_ptr, 0, out
     nw = norm_weight if norm_weight is not None else x
     res = residual if residual is not None else out
     grid = (triton.cdiv(N, cfg["BN"]), M)
     _gemv_kernel[grid](
-        x, x.stride(0), nw, w_ptr, stride_wn, s_ptr, stride_sn, res, res.stride(0), out, out.stride(0), N, K, eps,
+        x, x.stride(0), nw, w_ptr, stride_wn, s_ptr, stride_sn, res, res.stride(0), out, out.stride(0),
+        u, us, t, t.stride(0), R, N, K, eps,
         G=G, KW=KW, TERNARY=ternary, NORM=_NORMS[norm], NORM_GS=gs, NORM_NG=ng,
         NG_P2=triton.next_power_of_2(ng), ADD_RES=residual is not None, BN=cfg["BN"], BKW=cfg["BKW"],
-        BK_NORM=min(1024, triton.next_power_of_2(gs)), num_warps=cfg["num_warps"])
+        BK_NORM=min(1024, triton.next_power_of_2(gs)), ROW_SCALE=row_scale is not None, PDL=pdl, BITS=bits,
+        LOWRANK=R > 0, RP=triton.next_power_of_2(max(R, 1)), num_warps=cfg["num_warps"],
+        **({"launch_pdl": True} if pdl else {}))
     return out
 
 
-def gemv_ref(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch.Tensor | None = None,
-             norm_group: int | None = None, eps: float = 1e-5, residual: torch.Tensor | None = None) -> torch.Tensor:
-    """Plain-PyTorch :func:`gemv` in fp32: x (M, K) -> (M, N)."""
+def norm_ref(x: torch.Tensor, norm: str | None = None, norm_weight: torch.Tensor | None = None,
+             norm_group: int | None = None, eps: float = 1e-5) -> torch.Tensor:
+    """The fused prologue alone, in fp32: x (M, K) -> xn (M, K)."""
     xf = x.float()
     K = xf.shape[1]
     if norm == "rms":
@@ -238,6 +344,18 @@ def gemv_ref(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: t
     elif norm == "gated":
         hg = xf.unflatten(-1, (-1, norm_group or K))
         xf = (hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + eps)).flatten(-2) * norm_weight.float()
+    return xf
+
+
+def gemv_ref(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch.Tensor | None = None,
+             norm_group: int | None = None, eps: float = 1e-5, residual: torch.Tensor | None = None,
+             row_scale: torch.Tensor | None = None) -> torch.Tensor:
+    """Plain-PyTorch :func:`gemv` in fp32: x (M, K) -> (M, N)."""
+    xf = norm_ref(x, norm, norm_weight, norm_group, eps)
+    if isinstance(weight, GemvLowRankWeight):
+        return lowrank_linear_ref(xf, weight) + (0 if residual is None else residual.float())
     W = dequant_ref(weight) if isinstance(weight, GemvTernaryWeight) else weight.float()
+    if row_scale is not None:
+        W = W * row_scale.float()[:, None]
     out = xf @ W.t()
     return out if residual is None else out + residual.float()

@@ -11,6 +11,10 @@ Grid: (nheads, headdim / BP, batch). A program owns BP channels of one head: the
 (BP, d_state). B and C belong to the head's group and are recomputed by every program of the group (2n conv
 channels, a few hundred FMAs); only the group's first program writes their conv state.
 
+Programmatic dependent launch (``PDL``): everything that predates this step (the state tile, the ring's older taps
+and their part of the conv, the parameters) is loaded before ``gdc_wait``, so only the in_proj output is read
+after the in_proj GEMV has finished (see ``gemv.py`` for the rules every decode kernel follows).
+
 Conv state as a ring buffer. mamba-ssm rolls its (b, conv_dim, d_conv) window left each step; here programs read
 the B/C window that another program writes, so a roll would race. Instead the step with token counter ``T`` (a
 device scalar, so the kernel can live in a CUDA graph) writes the new input to slot ``T % d_conv`` and reads the
@@ -34,31 +38,36 @@ def _silu(v):
 
 
 @triton.jit
-def _conv_channels(zx_row, ring_row, convw_ptr, convb_ptr, ch, T, E: tl.constexpr, DCONV: tl.constexpr,
-                   write, mask):
-    """silu(conv) of channels ``ch`` (xBC-relative); stores the new input in the ring if ``write`` (0/1)."""
-    xin = tl.load(zx_row + E + ch, mask=mask, other=0.0)
+def _conv_history(ring_row, convw_ptr, convb_ptr, ch, T, DCONV: tl.constexpr, mask):
+    """bias + the d_conv - 1 older taps of channels ``ch`` (xBC-relative), fp32: all of it predates this step."""
     acc = tl.load(convb_ptr + ch, mask=mask, other=0.0).to(tl.float32)
-    acc += tl.load(convw_ptr + ch * DCONV + DCONV - 1, mask=mask, other=0.0).to(tl.float32) * xin.to(tl.float32)
     for i in tl.static_range(DCONV - 1):
         slot = (T + 1 + i) % DCONV
         old = tl.load(ring_row + ch * DCONV + slot, mask=mask, other=0.0).to(tl.float32)
         acc += tl.load(convw_ptr + ch * DCONV + i, mask=mask, other=0.0).to(tl.float32) * old
+    return acc
+
+
+@triton.jit
+def _conv_finish(zx_row, ring_row, hist, wlast, ch, T, E: tl.constexpr, DCONV: tl.constexpr, write, mask):
+    """silu(conv) with this step's input; stores the input in ring slot T % d_conv if ``write`` (0/1)."""
+    xin = tl.load(zx_row + E + ch, mask=mask, other=0.0)
     tl.store(ring_row + ch * DCONV + T % DCONV, xin.to(ring_row.dtype.element_ty), mask=mask & ((ch * 0 + write) != 0))
-    return _silu(acc)
+    return _silu(hist + wlast * xin.to(tl.float32))
 
 
 @triton.jit
 def _ssm_step_kernel(zx_ptr, stride_zm, convw_ptr, convb_ptr, ring_ptr, stride_rm, dtb_ptr, A_ptr, D_ptr,
                      state_ptr, stride_sm, h_ptr, stride_hm, pos_ptr,
                      E: tl.constexpr, NH: tl.constexpr, P: tl.constexpr, NS: tl.constexpr, NG: tl.constexpr,
-                     DCONV: tl.constexpr, BP: tl.constexpr):
+                     DCONV: tl.constexpr, BP: tl.constexpr, PDL: tl.constexpr):
     hd = tl.program_id(0)
     pb = tl.program_id(1)
     m = tl.program_id(2)
     pp = pb * BP + tl.arange(0, BP)                      # channels of this head handled here
     nn = tl.arange(0, NS)
-    # The state tile is the bulk of the bytes: issue its load first, independent of everything below.
+    # Everything up to the wait predates this step (state, ring, parameters): with programmatic dependent launch
+    # it overlaps the in_proj GEMV that produces zxbcdt. The state tile is the bulk of the bytes: issued first.
     sp = state_ptr + m * stride_sm + hd * P * NS + pp[:, None] * NS + nn[None, :]
     S = tl.load(sp)
     T = tl.load(pos_ptr)
@@ -66,38 +75,53 @@ def _ssm_step_kernel(zx_ptr, stride_zm, convw_ptr, convb_ptr, ring_ptr, stride_r
     ring_row = ring_ptr + m * stride_rm
     grp = hd // (NH // NG)
     first_of_group = tl.where(((hd % (NH // NG)) + pb) == 0, 1, 0)
-
     true_p = pp < P
     true_n = nn < NS
-    x = _conv_channels(zx_row, ring_row, convw_ptr, convb_ptr, hd * P + pp, T, E, DCONV, 1, true_p)
-    Bv = _conv_channels(zx_row, ring_row, convw_ptr, convb_ptr, E + grp * NS + nn, T, E, DCONV,
-                        first_of_group, true_n)
-    Cv = _conv_channels(zx_row, ring_row, convw_ptr, convb_ptr, E + NG * NS + grp * NS + nn, T, E, DCONV,
-                        first_of_group, true_n)
+    chx = hd * P + pp
+    chb = E + grp * NS + nn
+    chc = E + NG * NS + grp * NS + nn
+    hx = _conv_history(ring_row, convw_ptr, convb_ptr, chx, T, DCONV, true_p)
+    hb = _conv_history(ring_row, convw_ptr, convb_ptr, chb, T, DCONV, true_n)
+    hc = _conv_history(ring_row, convw_ptr, convb_ptr, chc, T, DCONV, true_n)
+    wx = tl.load(convw_ptr + chx * DCONV + DCONV - 1).to(tl.float32)
+    wb = tl.load(convw_ptr + chb * DCONV + DCONV - 1).to(tl.float32)
+    wc = tl.load(convw_ptr + chc * DCONV + DCONV - 1).to(tl.float32)
+    dtb = tl.load(dtb_ptr + hd)
+    A = tl.load(A_ptr + hd)
+    Dh = tl.load(D_ptr + hd)
+    if PDL:
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
+
+    x = _conv_finish(zx_row, ring_row, hx, wx, chx, T, E, DCONV, 1, true_p)
+    Bv = _conv_finish(zx_row, ring_row, hb, wb, chb, T, E, DCONV, first_of_group, true_n)
+    Cv = _conv_finish(zx_row, ring_row, hc, wc, chc, T, E, DCONV, first_of_group, true_n)
     # The reference rounds conv outputs to the model dtype before the scan; so do we.
     x = x.to(zx_ptr.dtype.element_ty).to(tl.float32)
     Bv = Bv.to(zx_ptr.dtype.element_ty).to(tl.float32)
     Cv = Cv.to(zx_ptr.dtype.element_ty).to(tl.float32)
 
-    dt = tl.load(zx_row + 2 * E + 2 * NG * NS + hd).to(tl.float32) + tl.load(dtb_ptr + hd)
+    dt = tl.load(zx_row + 2 * E + 2 * NG * NS + hd).to(tl.float32) + dtb
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))          # softplus, torch's threshold
-    dA = tl.exp(dt * tl.load(A_ptr + hd))
+    dA = tl.exp(dt * A)
     S = S * dA + (dt * x)[:, None] * Bv[None, :]
     tl.store(sp, S)
     y = tl.sum(S * Cv[None, :], 1)
-    y = y.to(zx_ptr.dtype.element_ty).to(tl.float32) + x * tl.load(D_ptr + hd)
+    y = y.to(zx_ptr.dtype.element_ty).to(tl.float32) + x * Dh
     z = tl.load(zx_row + hd * P + pp).to(tl.float32)
     tl.store(h_ptr + m * stride_hm + hd * P + pp, y * _silu(z))
 
 
 def ssm_step(zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, ring: torch.Tensor,
              dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, state: torch.Tensor, pos: torch.Tensor, *,
-             ngroups: int, h_out: torch.Tensor | None = None, BP: int = 16, num_warps: int = 4) -> torch.Tensor:
+             ngroups: int, h_out: torch.Tensor | None = None, BP: int = 16, num_warps: int = 4,
+             pdl: bool | None = None) -> torch.Tensor:
     """One mixer step between the projections. Returns h = y * silu(z): (b, e) fp32; updates ``ring``, ``state``.
 
     zxbcdt (b, 2e + 2gn + h) in the model dtype; conv_weight (conv_dim, d_conv) fp32; conv_bias (conv_dim,) fp32;
     ring (b, conv_dim, d_conv) model dtype; dt_bias, A (= -exp(A_log)), D: (h,) fp32; state (b, h, p, n) fp32,
-    contiguous; pos: int32 device scalar (the token counter ``T``, see the module docstring).
+    contiguous; pos: int32 device scalar (the token counter ``T``, see the module docstring). ``pdl``: launch with
+    programmatic dependent launch (default: where supported, see ``gemv.pdl_supported``).
     """
     b, h, p, n = state.shape
     conv_dim, dconv = conv_weight.shape
@@ -114,10 +138,13 @@ def ssm_step(zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
         raise ValueError(f"headdim={p} must be a multiple of BP={BP}")
     if h_out is None:
         h_out = torch.empty(b, e, device=zxbcdt.device, dtype=torch.float32)
+    if pdl is None:
+        from .gemv import pdl_supported
+        pdl = pdl_supported()
     _ssm_step_kernel[(h, p // BP, b)](
         zxbcdt, zxbcdt.stride(0), conv_weight, conv_bias, ring, ring.stride(0), dt_bias, A, D, state,
         state.stride(0), h_out, h_out.stride(0), pos, E=e, NH=h, P=p, NS=n, NG=ngroups, DCONV=dconv, BP=BP,
-        num_warps=num_warps)
+        PDL=pdl, num_warps=num_warps, **({"launch_pdl": True} if pdl else {}))
     return h_out
 
 
