@@ -3,25 +3,28 @@
 How this works
 --------------
 ``FastDecoder(model, batch_size, max_new_tokens)`` reads a ``Mamba2LMHeadModel`` whose projections are dense
-(``nn.Linear``, run in fp16) or ternary (``quant.layers.PackedTernaryLinear``, repacked once into the GEMV layout of
-``kernels/layout.py``), and owns static buffers: token ids, a device token counter ``pos``, the fp32 residual stream,
-per-layer conv rings and fp32 SSM states, the logits. One decode step is
+(``nn.Linear``, run in fp16), ternary (``quant.layers.PackedTernaryLinear``) or DF-SSM
+(``quant.binary_lowrank.PackedBinaryLowRankLinear``: 1-bit scaffold + int8 ``U V``), the packed ones repacked once
+into the layout of ``kernels/layout.py``; an int8 embedding / head (``quant.int8``) is read as int8. It owns static
+buffers: token ids, a device token counter ``pos``, the fp32 residual stream, per-layer conv rings and fp32 SSM
+states, the logits. One decode step is
 
     embed ids[:, pos]                                   1 kernel
     per layer:  in_proj GEMV with fused residual RMSNorm  1 kernel   (gemv.py, norm="rms")
                 conv + SSM state update + gate          1 kernel   (ssm_step.py)
                 out_proj GEMV with fused gated RMSNorm   1 kernel   (gemv.py, norm="gated", residual add)
-    head GEMV with fused final RMSNorm -> fp32 logits   1 kernel
+    head GEMV with fused final RMSNorm -> fp32 logits   1 kernel   (gemv.py; fp16 or int8 rows)
     sample (greedy argmax, or temperature / top-k with exponential-race sampling) and append at ids[:, pos + 1],
     pos += 1                                            a few kernels
 
-so 3 kernels per layer against about 10 in mamba-ssm's step. The step reads every index from device memory, so it
-is captured once into a CUDA graph and replayed per token with no host synchronisation; the prompt is prefilled by
-the model's own forward with its projections swapped for Triton ones (``prefill_model``), and its cache is copied
-into the static buffers (the conv ring at counter 0 equals the cache's window, see ``ssm_step.py``).
-
-At batch >= ``GEMM_MIN_BATCH`` the projections switch to tensor-core products (``gemm.py`` / cuBLAS) with the norms
-in PyTorch: the fused GEMVs re-decode the weights once per sequence and would be compute-bound there.
+so 3 kernels per layer against about 10 in mamba-ssm's step (DF-SSM: 5, each projection adds its ``V x``
+GEMV). On Hopper the layer kernels are launched with programmatic dependent launch, so each one's weight loads
+overlap the previous kernel (``gemv.py`` has the rules). At batch >= ``GEMM_MIN_BATCH`` ternary and dense
+projections switch to tensor-core products (``gemm.py`` / cuBLAS) with the norms in PyTorch.
+The step reads every index from device memory, so it is captured once into a CUDA graph and replayed per token
+with no host synchronisation; the prompt is prefilled by the model's own forward with its ternary projections
+swapped for Triton ones (``prefill_model``), and its cache is copied into the static buffers (the conv ring at
+counter 0 equals the cache's window, see ``ssm_step.py``).
 
 The model itself is the reference: ``FastDecoder.teacher_forced_logits`` feeds given tokens so that tests and
 benchmarks compare logits step by step against ``model(ids, cache)``.
@@ -38,7 +41,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .layout import GemvTernaryWeight, pack_gemv
+from .layout import GemvLowRankWeight, GemvTernaryWeight, pack_gemv, pack_lowrank
 from .triton.gemm import ternary_matmul
 from .triton.gemv import gemv
 from .triton.ssm_step import ssm_step
@@ -47,13 +50,18 @@ GEMM_MIN_BATCH = 16
 
 
 @triton.jit
-def _embed_kernel(ids_ptr, stride_im, pos_ptr, emb_ptr, stride_e, out_ptr, stride_om, D, BD: tl.constexpr):
+def _embed_kernel(ids_ptr, stride_im, pos_ptr, emb_ptr, stride_e, scale_ptr, dtype_ptr, out_ptr, stride_om, D,
+                  BD: tl.constexpr, INT8: tl.constexpr):
+    """out[m] = embedding row of ids[m, pos] in fp32; int8 rows times their scale, rounded to the model dtype
+    (``dtype_ptr``'s element type) as ``quant.int8.Int8Embedding`` rounds them."""
     m = tl.program_id(0)
     tok = tl.load(ids_ptr + m * stride_im + tl.load(pos_ptr))
     for d0 in range(0, D, BD):
         dd = d0 + tl.arange(0, BD)
-        v = tl.load(emb_ptr + tok * stride_e + dd, mask=dd < D, other=0.0)
-        tl.store(out_ptr + m * stride_om + dd, v.to(tl.float32), mask=dd < D)
+        v = tl.load(emb_ptr + tok * stride_e + dd, mask=dd < D, other=0.0).to(tl.float32)
+        if INT8:
+            v = (v * tl.load(scale_ptr + tok).to(tl.float32)).to(dtype_ptr.dtype.element_ty).to(tl.float32)
+        tl.store(out_ptr + m * stride_om + dd, v, mask=dd < D)
 
 
 @triton.jit
@@ -65,19 +73,46 @@ def _append_kernel(tok_ptr, ids_ptr, stride_im, pos_ptr, M, BM: tl.constexpr):
     tl.store(pos_ptr, pos + 1)
 
 
-def _fast_weight(mod: nn.Module, dtype: torch.dtype):
-    """A projection's weight as the kernels want it: GemvTernaryWeight, or a contiguous dense tensor."""
+def _fast_weight(mod: nn.Module, dtype: torch.dtype, scaffold_bits: int = 2):
+    """A projection's weight as the kernels want it: GemvTernaryWeight, GemvLowRankWeight (DF-SSM scaffold in
+    ``scaffold_bits``-bit words, see ``layout.pack_lowrank``), or a contiguous dense tensor."""
+    from ..quant.binary_lowrank import PackedBinaryLowRankLinear
     from ..quant.layers import PackedTernaryLinear
 
     if isinstance(mod, FastLinear):
         return mod.weight
+    if getattr(mod, "bias", None) is not None:
+        raise ValueError("projections with a bias are not supported (Mamba-2 has none)")
     if isinstance(mod, PackedTernaryLinear):
-        if mod.bias is not None:
-            raise ValueError("projections with a bias are not supported (Mamba-2 has none)")
         return pack_gemv(mod.codes, mod.scale, mod.group_size)
+    if isinstance(mod, PackedBinaryLowRankLinear):
+        return pack_lowrank(mod.signs, mod.scale, mod.u_q, mod.u_scale, mod.v_q, mod.v_scale, mod.group_size,
+                            bits=scaffold_bits)
     if isinstance(mod, nn.Linear):
         return mod.weight.detach().to(dtype).contiguous()
     raise TypeError(f"cannot run a {type(mod).__name__} projection in the fast decoder")
+
+
+def fast_decode_supported(model: nn.Module) -> bool:
+    """Whether :class:`FastDecoder` can run ``model`` (projection, embedding and head types; CUDA or interpreter)."""
+    from ..quant.binary_lowrank import PackedBinaryLowRankLinear
+    from ..quant.int8 import Int8Embedding, Int8Linear
+    from ..quant.layers import PackedTernaryLinear
+
+    proj = (nn.Linear, PackedTernaryLinear, PackedBinaryLowRankLinear, FastLinear)
+    bb = getattr(model, "backbone", None)
+    if bb is None or not hasattr(model, "lm_head"):
+        return False
+    if not isinstance(bb.embedding, (nn.Embedding, Int8Embedding)) or not isinstance(model.lm_head,
+                                                                                       (nn.Linear, Int8Linear)):
+        return False
+    for layer in bb.layers:
+        mix = getattr(layer, "mixer", None)
+        if mix is None or not all(isinstance(getattr(mix, n, None), proj) and getattr(getattr(mix, n), "bias", None)
+                                  is None for n in ("in_proj", "out_proj")):
+            return False
+    dev = bb.embedding.weight.device if isinstance(bb.embedding, nn.Embedding) else bb.embedding.qweight.device
+    return dev.type == "cuda" or _interpreting()
 
 
 class FastLinear(nn.Module):
@@ -117,45 +152,67 @@ def prefill_model(model: nn.Module) -> nn.Module:
 @dataclass
 class _Layer:
     norm_w: torch.Tensor        # (d,) fp32
-    in_w: object                # GemvTernaryWeight | (d_in_proj, d) fp16
+    in_w: object                # GemvTernaryWeight | GemvLowRankWeight | (d_in_proj, d) fp16
     conv_w: torch.Tensor        # (conv_dim, d_conv) fp32
     conv_b: torch.Tensor        # (conv_dim,) fp32
     dt_bias: torch.Tensor       # (h,) fp32
     A: torch.Tensor             # (h,) fp32, -exp(A_log)
     D: torch.Tensor             # (h,) fp32
     gnorm_w: torch.Tensor       # (e,) fp32
-    out_w: object               # GemvTernaryWeight | (d, e) fp16
+    out_w: object               # GemvTernaryWeight | GemvLowRankWeight | (d, e) fp16
 
 
 class FastDecoder:
-    """CUDA-graphed decoding of a Mamba-2 LM (see the module docstring). One instance per batch size."""
+    """CUDA-graphed decoding of a Mamba-2 LM (see the module docstring). One instance per batch size.
+
+    ``gemv_configs``: per-kernel overrides, keys "in_proj", "out_proj", "head" (tile configs of
+    ``gemv``; "in_proj_lr" / "out_proj_lr" for DF-SSM's ``V x`` GEMV), "ssm" (``ssm_step`` keyword
+    arguments) and "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
+    here; 1 = one bit per weight, half the bytes).
+    """
 
     def __init__(self, model: nn.Module, batch_size: int, max_new_tokens: int, *, dtype=None,
                  gemv_configs: dict | None = None):
+        from ..quant.int8 import Int8Embedding, Int8Linear
+
         cfg = model.config
-        dev = model.backbone.embedding.weight.device
+        emb = model.backbone.embedding
+        int8_emb = isinstance(emb, Int8Embedding)
+        emb_w = emb.qweight if int8_emb else emb.weight
+        dev = emb_w.device
         if dev.type != "cuda" and not _interpreting():
             raise ValueError("FastDecoder needs a CUDA model (or TRITON_INTERPRET=1 for tests)")
-        dtype = dtype or model.backbone.embedding.weight.dtype      # activations and dense weights
+        dtype = dtype or (emb.compute_dtype if int8_emb else emb_w.dtype)      # activations and dense weights
         self.model, self.cfg, self.dtype, self.device = model, cfg, dtype, dev
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
-        self.gemv_configs = gemv_configs or {}
+        self.gemv_configs = dict(gemv_configs or {})
+        sb = self.gemv_configs.pop("scaffold_bits", 2)
         f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
         self.layers = []
         for layer in model.backbone.layers:
             mix = layer.mixer
             self.layers.append(_Layer(
-                norm_w=f32(layer.norm.weight), in_w=_fast_weight(mix.in_proj, dtype),
+                norm_w=f32(layer.norm.weight), in_w=_fast_weight(mix.in_proj, dtype, sb),
                 conv_w=f32(mix.conv1d.weight[:, 0, :]), conv_b=f32(mix.conv1d.bias), dt_bias=f32(mix.dt_bias),
                 A=-torch.exp(mix.A_log.detach().float()).contiguous(), D=f32(mix.D), gnorm_w=f32(mix.norm.weight),
-                out_w=_fast_weight(mix.out_proj, dtype)))
-        self.emb = model.backbone.embedding.weight.detach().to(dtype).contiguous()
+                out_w=_fast_weight(mix.out_proj, dtype, sb)))
+        if int8_emb:
+            self.emb, self.emb_scale = emb.qweight.contiguous(), emb.scale.contiguous()
+        else:
+            self.emb, self.emb_scale = emb_w.detach().to(dtype).contiguous(), None
         self.norm_f = f32(model.backbone.norm_f.weight)
         head = model.lm_head
-        self.head_w = (self.emb if head.weight is model.backbone.embedding.weight
-                       else _fast_weight(head, dtype))
-        if isinstance(self.head_w, GemvTernaryWeight):
-            raise ValueError("a ternary LM head is not supported by the fast decoder")
+        # Head: dense (model dtype) or int8 rows with one scale each (``quant.int8.Int8Linear``, tied or not).
+        self.head_scale = None
+        if isinstance(head, Int8Linear):
+            self.head_w, self.head_scale = head.qweight.contiguous(), head.scale.contiguous()
+        elif isinstance(head, nn.Linear) and not int8_emb and head.weight is emb.weight:
+            self.head_w = self.emb
+        elif isinstance(head, nn.Linear):
+            self.head_w = head.weight.detach().to(dtype).contiguous()
+        else:
+            raise TypeError(f"cannot run a {type(head).__name__} LM head in the fast decoder")
+        self.vocab_size = cfg.vocab_size
         self.prefill = prefill_model(model)
         M = batch_size
         kw = dict(device=dev)
@@ -173,13 +230,18 @@ class FastDecoder:
         self.graph: torch.cuda.CUDAGraph | None = None
 
     # ----- the step -----
-    def _proj(self, x, w, *, norm, norm_w, out, residual=None, key: str):
-        """out = proj(norm(x)) (+ residual): fused GEMV at small batch, norm + tensor-core product above."""
+    def _proj(self, x, w, *, norm, norm_w, out, residual=None, key: str, row_scale=None):
+        """out = proj(norm(x)) (+ residual): the fused GEMV below ``GEMM_MIN_BATCH`` rows (and for DF-SSM at
+        every batch size), norm + tensor-core product (ternary GEMM / cuBLAS) above."""
         cfg = self.cfg
         group = cfg.d_inner // cfg.ngroups if norm == "gated" else None
+        kw = dict(norm=norm, norm_weight=norm_w, norm_group=group, eps=cfg.norm_eps, residual=residual, out=out,
+                  config=self.gemv_configs.get(key))
+        if isinstance(w, GemvLowRankWeight):
+            return gemv(x, w, lowrank_config=self.gemv_configs.get(key + "_lr"), **kw)
+        packed = isinstance(w, GemvTernaryWeight)
         if x.shape[0] < GEMM_MIN_BATCH:
-            return gemv(x, w, norm=norm, norm_weight=norm_w, norm_group=group, eps=cfg.norm_eps,
-                        residual=residual, out=out, config=self.gemv_configs.get(key))
+            return gemv(x, w, row_scale=row_scale, **kw)
         xf = x.float()
         if norm == "rms":
             xn = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * norm_w
@@ -187,7 +249,13 @@ class FastDecoder:
             hg = xf.unflatten(-1, (-1, group))
             xn = (hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)).flatten(-2) * norm_w
         xn = xn.to(self.dtype)
-        y = ternary_matmul(xn, w) if isinstance(w, GemvTernaryWeight) else F.linear(xn, w)
+        if packed:
+            y = ternary_matmul(xn, w)
+        elif row_scale is not None:
+            # int8 head at large batch: dequantized per step (no int8 GEMM kernel here).
+            y = F.linear(xn, w.to(self.dtype)).float() * row_scale.float()
+        else:
+            y = F.linear(xn, w)
         if residual is not None:
             out.copy_(residual + y.float())
         else:
@@ -196,18 +264,21 @@ class FastDecoder:
 
     def _forward(self) -> None:
         cfg, M = self.cfg, self.batch_size
-        _embed_kernel[(M,)](self.ids, self.ids.stride(0), self.pos, self.emb, self.emb.stride(0), self.residual,
-                            self.residual.stride(0), cfg.d_model, BD=1024, num_warps=4)
+        int8 = self.emb_scale is not None
+        _embed_kernel[(M,)](self.ids, self.ids.stride(0), self.pos, self.emb, self.emb.stride(0),
+                            self.emb_scale if int8 else self.emb, self.zx, self.residual, self.residual.stride(0),
+                            cfg.d_model, BD=1024, INT8=int8, num_warps=4)
         for i, L in enumerate(self.layers):
             self._proj(self.residual, L.in_w, norm="rms", norm_w=L.norm_w, out=self.zx, key="in_proj")
             ssm_step(self.zx, L.conv_w, L.conv_b, self.rings[i], L.dt_bias, L.A, L.D, self.states[i], self.pos,
                      ngroups=cfg.ngroups, h_out=self.h, **self.gemv_configs.get("ssm", {}))
             self._proj(self.h, L.out_w, norm="gated", norm_w=L.gnorm_w, out=self.residual, residual=self.residual,
                        key="out_proj")
-        self._proj(self.residual, self.head_w, norm="rms", norm_w=self.norm_f, out=self.logits, key="head")
+        self._proj(self.residual, self.head_w, norm="rms", norm_w=self.norm_f, out=self.logits, key="head",
+                   row_scale=self.head_scale)
 
     def _sample(self) -> None:
-        logits = self.logits[:, :self.cfg.vocab_size]
+        logits = self.logits[:, :self.vocab_size]
         if self.temperature <= 0:
             self.tok.copy_(logits.argmax(-1))
             return
@@ -231,13 +302,18 @@ class FastDecoder:
 
     # ----- prompt and cache -----
     @torch.no_grad()
-    def start(self, input_ids: torch.Tensor, *, temperature: float = 0.0, top_k: int = 0) -> torch.Tensor:
-        """Prefill ``input_ids`` (b, l), sample the first new token into ids[:, 0], reset pos. Returns its logits."""
+    def start(self, input_ids: torch.Tensor, *, temperature: float = 0.0, top_k: int = 0,
+              vocab_size: int | None = None) -> torch.Tensor:
+        """Prefill ``input_ids`` (b, l), sample the first new token into ids[:, 0], reset pos. Returns its logits.
+
+        Tokens are sampled among the first ``vocab_size`` logits (default ``config.vocab_size``: the embedding's
+        padding rows are never sampled)."""
         if input_ids.shape[0] != self.batch_size:
             raise ValueError(f"decoder built for batch {self.batch_size}, got {input_ids.shape[0]}")
-        if temperature != self.temperature or top_k != self.top_k:
+        vocab_size = vocab_size or self.cfg.vocab_size
+        if temperature != self.temperature or top_k != self.top_k or vocab_size != self.vocab_size:
             self.graph = None                       # the sampler (and its constants) is part of the graph
-        self.temperature, self.top_k = temperature, top_k
+        self.temperature, self.top_k, self.vocab_size = temperature, top_k, vocab_size
         cache = self.model.allocate_cache(self.batch_size, dtype=self.dtype)
         logits = self.prefill(input_ids.to(self.device), cache, logits_to_keep=1)[:, -1].float()
         self.load_cache(cache)
@@ -270,12 +346,12 @@ class FastDecoder:
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int | None = None, *, temperature: float = 0.0,
-                 top_k: int = 0, use_graph: bool = True) -> torch.Tensor:
+                 top_k: int = 0, use_graph: bool = True, vocab_size: int | None = None) -> torch.Tensor:
         """input_ids (b, l) -> (b, l + n) ids; n <= the ``max_new_tokens`` the decoder was built for."""
         n = self.max_new_tokens if max_new_tokens is None else max_new_tokens
         if not 1 <= n <= self.max_new_tokens:
             raise ValueError(f"max_new_tokens must be in [1, {self.max_new_tokens}]")
-        self.start(input_ids, temperature=temperature, top_k=top_k)
+        self.start(input_ids, temperature=temperature, top_k=top_k, vocab_size=vocab_size)
         self.decode(n - 1, use_graph=use_graph)
         return torch.cat([input_ids.to(self.device), self.ids[:, :n]], dim=1)
 
