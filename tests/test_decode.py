@@ -60,3 +60,31 @@ def test_top_k_1_is_greedy():
     logits = torch.randn(4, 30)
     assert torch.equal(sample_next(logits, top_k=1), logits.argmax(-1))
     assert torch.equal(sample_next(logits, top_p=1e-6), logits.argmax(-1))
+
+
+def test_generate_fast_path_equals_pytorch_loop():
+    """``generate(fast=True)`` (the fused decoder; Triton interpreted on CPU) gives the PyTorch loop's greedy tokens,
+    EOS handling included; on CPU the automatic choice stays on the PyTorch loop."""
+    # kernels_util sets TRITON_INTERPRET=1 when there is no GPU, before Triton is first imported, then skips the
+    # test if Triton is missing.
+    from kernels_util import DEVICE
+
+    m = tiny_model(seed=6, n_layer=1).to(DEVICE)
+    if DEVICE == "cuda":
+        m = m.half()
+    prompt = torch.randint(0, 100, (2, 4), generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    slow = m.generate(prompt, max_new_tokens=4, temperature=0, vocab_size=100, fast=False)
+    fast = m.generate(prompt, max_new_tokens=4, temperature=0, vocab_size=100, fast=True)
+    assert torch.equal(fast, slow)
+    eos = int(slow[0, 5])
+    assert torch.equal(m.generate(prompt, max_new_tokens=4, temperature=0, vocab_size=100, eos_token_id=eos,
+                                  fast=True),
+                       m.generate(prompt, max_new_tokens=4, temperature=0, vocab_size=100, eos_token_id=eos,
+                                  fast=False))
+    sampled = m.generate(prompt, max_new_tokens=3, temperature=1.0, top_k=5, vocab_size=100, fast=True)
+    assert sampled.shape == (2, 7) and int(sampled.max()) < 100
+    with pytest.raises(ValueError, match="top_p"):
+        m.generate(prompt, max_new_tokens=2, top_p=0.9, fast=True)
+    if DEVICE == "cpu":
+        from ssmquant.model.generate import _fast_path_blocker
+        assert "CUDA" in _fast_path_blocker(m, top_p=1.0, seed=None, callback=None, explicit=False)
