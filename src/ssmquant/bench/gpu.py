@@ -54,7 +54,7 @@ def copy_bandwidth() -> float:
 @dataclass
 class DecodeBenchConfig:
     preset: str = "1.3b"
-    weights: str = "ternary"          # ternary | fp16
+    weights: str = "ternary"          # ternary | dfssm | fp16
     batch: int = 1
     prompt_len: int = 16
     new_tokens: int = 256
@@ -63,6 +63,15 @@ class DecodeBenchConfig:
     baseline: bool = True             # also time the fp16 fast path (and the eager PyTorch model) in the same run
     check_tokens: int = 16            # teacher-forced / greedy tokens compared against the PyTorch model
     ref_tokens: int = 8               # eager PyTorch decode steps timed (slow: tens of ms each)
+    rank: int = 12                    # DF-SSM rank of U V (12: the 278 MiB configuration of docs/ptq_dfssm.md)
+    head: str = "fp16"                # fp16 | int8: the (tied) embedding and LM head of the measured model
+    scaffold_bits: int = 2            # DF-SSM scaffold words on the GPU: 2 (signs as ternary codes) or 1
+
+    def __post_init__(self):
+        if self.weights not in ("ternary", "dfssm", "fp16"):
+            raise ValueError(f"weights={self.weights!r}: use ternary, dfssm or fp16")
+        if self.head not in ("fp16", "int8"):
+            raise ValueError(f"head={self.head!r}: use fp16 or int8")
 
 
 def _time_decoder(dec, prompt, cfg: DecodeBenchConfig) -> dict:
@@ -109,8 +118,11 @@ def check_decoder(model, dec, prompt, n: int) -> dict:
 
 @torch.no_grad()
 def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) -> dict:
+    """ms/token of the fast decoder on a random model of ``cfg.preset``'s shape, with baselines from the same run:
+    our fp16 fast path and the eager PyTorch model (fp16 weights and head), mamba-ssm quoted."""
     from ..kernels.fast_decode import FastDecoder
-    from .models import random_model, to_ternary_
+    from ..quant.int8 import quantize_int8_
+    from .models import random_model, to_dfssm_, to_ternary_
 
     g = torch.Generator(device="cuda").manual_seed(0)
     prompt = torch.randint(0, 50277, (cfg.batch, cfg.prompt_len), device="cuda", generator=g)
@@ -118,7 +130,8 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
     model = random_model(cfg.preset, weights="fp16")
     rows = {}
     if cfg.weights == "fp16" or cfg.baseline:
-        dec = FastDecoder(model, cfg.batch, cfg.new_tokens, gemv_configs=gemv_configs)
+        dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
+                          gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits})
         rows["fp16_fast"] = {**_time_decoder(dec, prompt, cfg),
                              "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
         del dec
@@ -128,20 +141,30 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
         tok = prompt[:, -1:]
         ms = _events_ms(lambda: model(tok, cache), cfg.ref_tokens, 2)
         rows["fp16_pytorch_eager"] = {"decode_ms_per_token": statistics.median(ms)}
-    if cfg.weights == "ternary":
-        to_ternary_(model, cfg.group_size)
-        dec = FastDecoder(model, cfg.batch, cfg.new_tokens, gemv_configs=gemv_configs)
-        rows["ternary_fast"] = {**_time_decoder(dec, prompt, cfg),
-                                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
+    main_key = "fp16_fast"
+    if cfg.weights != "fp16" or cfg.head != "fp16":
+        if cfg.weights == "ternary":
+            to_ternary_(model, cfg.group_size)
+        elif cfg.weights == "dfssm":
+            to_dfssm_(model, cfg.rank, cfg.group_size)
+        if cfg.head == "int8":
+            quantize_int8_(model, embedding=True, head=True)      # tied: one int8 tensor, the reference uses it too
+        main_key = f"{cfg.weights}{f'_r{cfg.rank}_scaffold{cfg.scaffold_bits}bit' if cfg.weights == 'dfssm' else ''}" \
+                   f"{'_int8head' if cfg.head == 'int8' else ''}_fast"
+        dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
+                          gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits})
+        rows[main_key] = {**_time_decoder(dec, prompt, cfg),
+                          "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
         del dec
     result["rows"] = rows
-    main = rows["ternary_fast" if cfg.weights == "ternary" else "fp16_fast"]["decode_ms_per_token"]
+    main = rows[main_key]["decode_ms_per_token"]
+    result["main_row"] = main_key
     result["decode_ms_per_token"] = main
     result["baselines_ms_per_token"] = {
+        # Quoted from issue 7 (H100, batch 1); not re-measured here.
         "mamba_ssm_fp16_cuda_graphs_quoted": {"130m": 0.79, "370m": 1.60, "780m": 2.17, "1.3b": 2.47,
-                                              "2.7b": 3.99}.get(cfg.preset),
-        **{k: v["decode_ms_per_token"] for k, v in rows.items() if k != ("ternary_fast" if cfg.weights ==
-                                                                          "ternary" else "fp16_fast")}}
+                                              "2.7b": 3.99}.get(cfg.preset) if cfg.batch == 1 else None,
+        **{k: v["decode_ms_per_token"] for k, v in rows.items() if k != main_key}}
     result["speedup"] = {k: v / main for k, v in result["baselines_ms_per_token"].items() if v}
     del model
     torch.cuda.empty_cache()
@@ -157,6 +180,7 @@ class GemvBenchConfig:
     reps: int = 20
     group_size: int = 128
     sweep: bool = False               # also try a grid of tile configs and report the best
+    ranks: tuple = (12, 32)           # DF-SSM ranks timed beside the 1-bit scaffold
 
 
 def _graph_time_per_call(calls, reps: int) -> float:
@@ -175,73 +199,105 @@ def _graph_time_per_call(calls, reps: int) -> float:
     return statistics.median(ms) * 1e3 / len(calls)
 
 
+def _best(row: dict, prefix: str, fn, configs, reps: int, nbytes: int, peak: float) -> None:
+    """Time ``fn(config)`` (a list of thunks) for each config; record the default's and the best time."""
+    best = None
+    for c in configs:
+        try:
+            us = _graph_time_per_call(fn(c), reps)
+        except Exception as e:  # a tile config that does not compile is skipped, not fatal
+            row.setdefault("errors", []).append(f"{prefix} {c}: {type(e).__name__}: {e}"[:300])
+            continue
+        if c is None:
+            row[f"{prefix}_default_us"] = us
+        if best is None or us < best[0]:
+            best = (us, c)
+    if best is None:
+        return
+    row[f"{prefix}_us"], row[f"{prefix}_config"] = best[0], best[1] or "default"
+    row[f"{prefix}_bytes"] = nbytes
+    row[f"{prefix}_frac_of_copy_bw"] = nbytes / (best[0] * 1e-6) / peak
+
+
 @torch.no_grad()
 def bench_gemv(cfg: GemvBenchConfig) -> dict:
-    """Ternary GEMV (ours) vs cuBLAS fp16 GEMV at the in_proj / out_proj shapes of a preset."""
-    from ..kernels.layout import pack_gemv
-    from ..kernels.triton.gemv import default_config, gemv
+    """Packed GEMVs (ours) vs cuBLAS fp16 GEMV at the in_proj / out_proj / head shapes of a preset.
+
+    Timed inside a CUDA graph over ``copies`` rotating weight sets (more bytes than L2 holds), so every call reads
+    its weights from HBM. Rows: ``ternary`` = gemv.py on 2-bit words, with programmatic dependent launch where
+    supported (``ternary_nopdl`` without); ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
+    + rank-R int8 correction (two launches: V x, then scaffold + U t); head: fp16 (cuBLAS, gemv.py) and int8 rows
+    (gemv.py). Bytes = weights + scales (+ factors) + activations + output.
+    """
+    from ..kernels.layout import GemvLowRankWeight, pack_gemv
+    from ..kernels.triton.gemv import gemv, gemv_ref, pdl_supported
     from ..model.config import preset_config
 
     mc = preset_config(cfg.preset)
     peak = copy_bandwidth()
     out = {"benchmark": "gemv", "config": asdict(cfg), "env": environment(), "copy_bandwidth_GBps": peak / 1e9,
-           "shapes": {}}
+           "pdl": pdl_supported(), "shapes": {}}
+    M, G = cfg.batch, cfg.group_size
     for name, (N, K) in {"in_proj": (mc.d_in_proj, mc.d_model), "out_proj": (mc.d_model, mc.d_inner),
                          "head": (mc.padded_vocab_size, mc.d_model)}.items():
-        x = torch.randn(cfg.batch, K, device="cuda", dtype=torch.float16)
-        y = torch.empty(cfg.batch, N, device="cuda", dtype=torch.float32)
+        x = torch.randn(M, K, device="cuda", dtype=torch.float16)
+        y = torch.empty(M, N, device="cuda", dtype=torch.float32)
+        io = x.numel() * 2 + y.numel() * 4
         row = {"N": N, "K": K}
         if name != "head":
-            ws = []
+            tern, bins = [], []
             for _ in range(cfg.copies):
                 codes = torch.randint(-1, 2, (N, K), device="cuda", dtype=torch.int8)
-                scale = (torch.rand(N, K // cfg.group_size, device="cuda") + 0.5).half()
-                ws.append(pack_gemv(codes, scale, cfg.group_size))
-            nbytes = ws[0].nbytes() + x.numel() * 2 + y.numel() * 4
-            ref = x.float() @ (codes.float() * scale.float().repeat_interleave(cfg.group_size, 1)).t()
-            got = gemv(x, ws[-1], out=y)
-            row["ternary_rel_err"] = ((got - ref).norm() / ref.norm()).item()
+                scale = (torch.rand(N, K // G, device="cuda") + 0.5).half()
+                tern.append(pack_gemv(codes, scale, G))
+                bins.append(pack_gemv(torch.where(codes >= 0, 1, -1).to(torch.int8), scale, G, bits=1))
+            for key, ws in (("ternary", tern), ("scaffold1", bins)):
+                ref = gemv_ref(x, ws[-1])
+                row[f"{key}_rel_err"] = ((gemv(x, ws[-1]) - ref).norm() / ref.norm()).item()
             configs = [None]
             if cfg.sweep:
                 kwt = K // 16
-                configs += [dict(BN=bn, BKW=bkw, num_warps=nw) for bn in (4, 8, 16, 32)
-                            for bkw in sorted({min(kwt, 128), min(kwt, 256), 64}) for nw in (2, 4, 8)]
-            best = None
-            for c in configs:
-                try:
-                    us = _graph_time_per_call([lambda w=w, c=c: gemv(x, w, out=y, config=c) for w in ws], cfg.reps)
-                except Exception as e:  # a tile config that does not compile is skipped, not fatal
-                    row.setdefault("errors", []).append(f"{c}: {type(e).__name__}: {e}"[:200])
-                    continue
-                if best is None or us < best[0]:
-                    best = (us, c or default_config(N, K, True))
-                if c is None:
-                    row["ternary_default_us"] = us
-            row["ternary_us"], row["ternary_config"] = best
-            row["ternary_bytes"] = nbytes
-            row["ternary_GBps"] = nbytes / (best[0] * 1e-6) / 1e9
-            row["ternary_frac_of_copy_bw"] = nbytes / (best[0] * 1e-6) / peak
-            del ws
+                configs += [dict(BN=bn, BKW=min(kwt, 256), num_warps=nw) for bn in (4, 8, 16) for nw in (2, 4)]
+            _best(row, "ternary", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in tern], configs,
+                  cfg.reps, tern[0].nbytes() + io, peak)
+            best_c = row.get("ternary_config") if row.get("ternary_config") != "default" else None
+            _best(row, "ternary_nopdl", lambda c: [lambda w=w: gemv(x, w, out=y, config=dict(pdl=False, **(c or {})))
+                                                   for w in tern], [best_c], cfg.reps, tern[0].nbytes() + io, peak)
+            bconfigs = [None] + ([dict(BN=bn, BKW=bkw, num_warps=4) for bn, bkw in ((16, 64), (32, 32), (64, 64))]
+                                 if cfg.sweep else [])
+            _best(row, "scaffold1", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in bins], bconfigs,
+                  cfg.reps, bins[0].nbytes() + io, peak)
+            for r in cfg.ranks:
+                # Four factor sets shared round-robin (U, V are small; V is read by r programs, U with the rows).
+                fac = [(torch.randint(-127, 128, (N, r), device="cuda", dtype=torch.int8),
+                        torch.full((N,), 1e-3, device="cuda").half(),
+                        torch.randint(-127, 128, (r, K), device="cuda", dtype=torch.int8),
+                        torch.full((r,), 1e-3, device="cuda").half()) for _ in range(4)]
+                lws = [GemvLowRankWeight(b, *fac[i % 4]) for i, b in enumerate(bins)]
+                ref = gemv_ref(x, lws[-1])
+                row[f"dfssm_r{r}_rel_err"] = ((gemv(x, lws[-1]) - ref).norm() / ref.norm()).item()
+                _best(row, f"dfssm_r{r}", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in lws],
+                      [row.get("scaffold1_config") if row.get("scaffold1_config") != "default" else None],
+                      cfg.reps, lws[0].nbytes() + io, peak)
+            del tern, bins
+        else:
+            q = [torch.randint(-127, 128, (N, K), device="cuda", dtype=torch.int8)
+                 for _ in range(max(2, min(cfg.copies, int(6e9 // (N * K)))))]
+            qs = torch.rand(N, device="cuda").half() * 1e-3
+            _best(row, "int8", lambda c: [lambda w=w: gemv(x, w, out=y, row_scale=qs, config=c) for w in q],
+                  [None] + ([dict(BN=bn, BKW=512, num_warps=4) for bn in (4, 16)] if cfg.sweep else []),
+                  cfg.reps, N * K + N * 2 + io, peak)
+            del q
         dense = [torch.randn(N, K, device="cuda", dtype=torch.float16) for _ in range(max(4, min(cfg.copies,
                  int(6e9 // (N * K * 2)))))]
         dbytes = N * K * 2 + x.numel() * 2 + y.numel() * 2
         row["cublas_fp16_us"] = _graph_time_per_call([lambda w=w: torch.matmul(x, w.t()) for w in dense], cfg.reps)
-        row["cublas_fp16_GBps"] = dbytes / (row["cublas_fp16_us"] * 1e-6) / 1e9
-        dconfigs = [None] + ([dict(BN=bn, BKW=bkw, num_warps=nw) for bn in (4, 8, 16, 32) for bkw in (256, 512)
-                              for nw in (4, 8)] if cfg.sweep else [])
-        best = None
-        for c in dconfigs:
-            try:
-                us = _graph_time_per_call([lambda w=w, c=c: gemv(x, w, out=y, config=c) for w in dense], cfg.reps)
-            except Exception as e:
-                row.setdefault("errors", []).append(f"dense {c}: {type(e).__name__}: {e}"[:200])
-                continue
-            if best is None or us < best[0]:
-                best = (us, c or default_config(N, K, False))
-        row["dense_triton_us"], row["dense_triton_config"] = best
-        row["dense_triton_GBps"] = dbytes / (best[0] * 1e-6) / 1e9
-        if "ternary_us" in row:
-            row["speedup_vs_cublas_fp16"] = row["cublas_fp16_us"] / row["ternary_us"]
+        row["cublas_fp16_frac_of_copy_bw"] = dbytes / (row["cublas_fp16_us"] * 1e-6) / peak
+        _best(row, "dense_triton", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in dense], [None],
+              cfg.reps, dbytes, peak)
+        for k in ("ternary", "int8"):
+            if f"{k}_us" in row:
+                row[f"{k}_speedup_vs_cublas_fp16"] = row["cublas_fp16_us"] / row[f"{k}_us"]
         out["shapes"][name] = row
         del dense
     torch.cuda.empty_cache()

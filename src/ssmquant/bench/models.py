@@ -49,3 +49,33 @@ def to_ternary_(model, group_size: int = 128):
             codes, scale = ternary_codes_and_scales(lin.weight, group_size)
             setattr(mix, name, PackedTernaryLinear(codes, scale, group_size))
     return model
+
+
+@torch.no_grad()
+def to_dfssm_(model, rank: int = 12, group_size: int = 128, seed: int = 0):
+    """Swap every mixer's in_proj / out_proj for a ``PackedBinaryLowRankLinear`` (DF-SSM), in place.
+
+    The scaffold is the real one (signs and mean-|w| scales of the weight, ``binary_codes_and_scales``); the int8
+    factors ``U (r_out, rank)``, ``V (rank, c)`` are random codes with scales that make ``U V`` a small correction
+    (about 10% of the scaffold's rms): an SVD of each 1.3B weight would take longer than the benchmark, and speed does
+    not depend on the factors' values.
+    """
+    from ..quant.binary_lowrank import PackedBinaryLowRankLinear, binary_codes_and_scales
+
+    g = torch.Generator(device=model.backbone.embedding.weight.device).manual_seed(seed)
+    for layer in model.backbone.layers:
+        mix = layer.mixer
+        for name in ("in_proj", "out_proj"):
+            lin = getattr(mix, name)
+            r_out, c = lin.weight.shape
+            dev = lin.weight.device
+            signs, scale = binary_codes_and_scales(lin.weight, group_size)
+            u_q = torch.randint(-127, 128, (r_out, rank), device=dev, generator=g).to(torch.int8)
+            v_q = torch.randint(-127, 128, (rank, c), device=dev, generator=g).to(torch.int8)
+            # rms of (u_q * su) @ (v_q * sv) ~ 73^2 * su * sv * sqrt(rank); aim at 0.1 * mean scale.
+            target = 0.1 * scale.float().mean().item()
+            s = (target / (73.0 ** 2 * max(rank, 1) ** 0.5)) ** 0.5
+            u_s = torch.full((r_out,), s, device=dev).half()
+            v_s = torch.full((rank,), s, device=dev).half()
+            setattr(mix, name, PackedBinaryLowRankLinear(signs, scale, u_q, u_s, v_q, v_s, group_size))
+    return model

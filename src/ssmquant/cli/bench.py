@@ -22,11 +22,18 @@ def register(sub) -> None:
     bsub = p.add_subparsers(dest="bench_command", metavar="WHAT")
 
     d = bsub.add_parser("decode", help="ms/token of CUDA-graphed decoding",
-                        epilog="example: ssmquant bench decode --preset 1.3b --weights ternary --batch 1 "
-                               "--prompt-len 16 --new-tokens 256",
+                        epilog="examples:\n  ssmquant bench decode --preset 1.3b --weights ternary --batch 1 "
+                               "--prompt-len 16 --new-tokens 256\n"
+                               "  ssmquant bench decode --preset 1.3b --weights dfssm --rank 12 --head int8",
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(d)
-    d.add_argument("--weights", choices=["ternary", "fp16"], default="ternary", help="projection weights")
+    d.add_argument("--weights", choices=["ternary", "dfssm", "fp16"], default="ternary",
+                   help="projection weights: 2-bit ternary, DF-SSM (1-bit scaffold + int8 U V), or fp16")
+    d.add_argument("--rank", type=int, default=12, help="DF-SSM rank of U V (default 12: the 278 MiB configuration)")
+    d.add_argument("--scaffold-bits", type=int, choices=[1, 2], default=2,
+                   help="DF-SSM scaffold on the GPU: 2-bit words (default, faster) or 1 bit per weight")
+    d.add_argument("--head", choices=["fp16", "int8"], default="fp16",
+                   help="embedding / LM head of the measured model (int8: one scale per row)")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
@@ -88,6 +95,7 @@ def _run_decode(a) -> None:
 
     cfg = DecodeBenchConfig(preset=a.preset, weights=a.weights, batch=a.batch, prompt_len=a.prompt_len,
                             new_tokens=a.new_tokens, group_size=a.group_size, baseline=not a.no_baseline,
+                            rank=a.rank, head=a.head, scaffold_bits=a.scaffold_bits,
                             **({"reps": a.reps} if a.reps else {}))
     _emit(bench_decode(cfg), a.output)
 
