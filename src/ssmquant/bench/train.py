@@ -37,6 +37,7 @@ class TrainBenchConfig:
     peak_tflops: float = 989.0      # H100 SXM dense bf16
     baseline: bool = True
     cuda_graphs: bool = True        # replay the blocks' forward and backward (model/graphs.py), as distill does
+    activation_checkpointing: bool = False  # recompute blocks in backward (as --activation-checkpointing); no graphs
 
 
 def _step_fns(student, teacher, opt, x, *, quantized: bool):
@@ -106,6 +107,23 @@ def _measure(student, teacher, opt, cfg: TrainBenchConfig, *, quantized: bool) -
             "split_ms": {k: statistics.median(v) for k, v in split.items()}}
 
 
+def _memory_mode(model, cfg: TrainBenchConfig) -> None:
+    model.backbone.activation_checkpointing = cfg.activation_checkpointing
+    model.backbone.cuda_graphs = cfg.cuda_graphs and not cfg.activation_checkpointing
+
+
+def _measure_or_oom(model, teacher, opt, cfg: TrainBenchConfig, *, quantized: bool) -> dict:
+    """``_measure`` plus peak memory; running out of memory is a result ("does it fit?"), not a crash."""
+    try:
+        r = _measure(model, teacher, opt, cfg, quantized=quantized)
+    except torch.cuda.OutOfMemoryError:
+        opt.zero_grad(set_to_none=True)
+        return {"out_of_memory": True, "micro_batch": cfg.micro_batch,
+                "gpu_memory_gb": torch.cuda.get_device_properties(0).total_memory / 1e9}
+    r["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
+    return r
+
+
 def bench_train(cfg: TrainBenchConfig) -> dict:
     """Time QAT + KD steps (and the plain baseline) on random weights of ``cfg.preset``'s shape."""
     if not torch.cuda.is_available():
@@ -120,13 +138,13 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
     student = copy.deepcopy(base).to("cuda")
     del base
     quantize_(student, QuantConfig(group_size=cfg.group_size, scale_mode="learnable"))
-    student.backbone.cuda_graphs = cfg.cuda_graphs           # as DistillTask.build_model sets it on one GPU
+    _memory_mode(student, cfg)                               # as DistillTask.build_model sets it on one GPU
     opt = torch.optim.AdamW(student.parameters(), lr=1e-4, fused=True)
     torch.cuda.reset_peak_memory_stats()
-    qat = _measure(student, teacher, opt, cfg, quantized=True)
-    qat["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-    flops_per_token = 6 * n_params + 2 * n_params
-    qat["mfu"] = qat["tok_per_s"] * flops_per_token / (cfg.peak_tflops * 1e12)
+    qat = _measure_or_oom(student, teacher, opt, cfg, quantized=True)
+    if "tok_per_s" in qat:
+        flops_per_token = 6 * n_params + 2 * n_params
+        qat["mfu"] = qat["tok_per_s"] * flops_per_token / (cfg.peak_tflops * 1e12)
     out["qat_kd"] = qat
     del student, opt, teacher
     torch.cuda.empty_cache()
@@ -134,14 +152,15 @@ def bench_train(cfg: TrainBenchConfig) -> dict:
         torch.manual_seed(0)
         plain = Mamba2LMHeadModel(mcfg).to("cuda")
         plain.init_weights(0)
-        plain.backbone.cuda_graphs = cfg.cuda_graphs
+        _memory_mode(plain, cfg)
         opt = torch.optim.AdamW(plain.parameters(), lr=1e-4, fused=True)
         torch.cuda.reset_peak_memory_stats()
-        b = _measure(plain, None, opt, cfg, quantized=False)
-        b["peak_memory_gb"] = torch.cuda.max_memory_allocated() / 1e9
-        b["mfu"] = b["tok_per_s"] * 6 * n_params / (cfg.peak_tflops * 1e12)
+        b = _measure_or_oom(plain, None, opt, cfg, quantized=False)
+        if "tok_per_s" in b:
+            b["mfu"] = b["tok_per_s"] * 6 * n_params / (cfg.peak_tflops * 1e12)
         out["baseline_plain_fwd_bwd"] = b
-        out["ratio_qat_kd_vs_baseline"] = qat["tok_per_s"] / b["tok_per_s"]
+        if "tok_per_s" in qat and "tok_per_s" in b:
+            out["ratio_qat_kd_vs_baseline"] = qat["tok_per_s"] / b["tok_per_s"]
     out["targets"] = {"must_tok_per_s": 10_700, "goal_tok_per_s": 20_000,
                       "paper_tok_per_s": 7_100, "mamba_ssm_fwd_bwd_quoted": 20_200}
     return out

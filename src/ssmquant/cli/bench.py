@@ -63,6 +63,10 @@ def register(sub) -> None:
     t.add_argument("--seq-len", type=int, default=2048, help="tokens per sequence (default 2048)")
     t.add_argument("--micro-batch", type=int, default=1, help="sequences per step (default 1)")
     t.add_argument("--peak-tflops", type=float, default=989.0, help="bf16 peak for MFU (default 989, H100 SXM)")
+    t.add_argument("--activation-checkpointing", action="store_true",
+                   help="recompute each block in backward, as distill --activation-checkpointing (no block graphs)")
+    t.add_argument("--no-cuda-graphs", action="store_true",
+                   help="run the student's blocks eagerly instead of replaying CUDA graphs of them")
     t.set_defaults(func=_run_train)
     p.set_defaults(func=lambda a: p.print_help())
 
@@ -123,5 +127,6 @@ def _run_train(a) -> None:
     from ..bench.train import TrainBenchConfig, bench_train
 
     cfg = TrainBenchConfig(preset=a.preset, seq_len=a.seq_len, micro_batch=a.micro_batch,
-                           group_size=a.group_size, reps=a.reps or 5, peak_tflops=a.peak_tflops)
+                           group_size=a.group_size, reps=a.reps or 5, peak_tflops=a.peak_tflops,
+                           activation_checkpointing=a.activation_checkpointing, cuda_graphs=not a.no_cuda_graphs)
     _emit(bench_train(cfg), a.output)
