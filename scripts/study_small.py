@@ -12,8 +12,9 @@ paired).
     python scripts/study_small.py groups  --out runs/study   # ternary group 64 / 128 / row (256 = seeds' seed 0)
     python scripts/study_small.py dfssm   --out runs/study   # DF-SSM at the ternary group-256 size
     python scripts/study_small.py drift   --out runs/study   # state drift: seeds' s0 student vs post-hoc (CLI)
+    python scripts/study_small.py zeros   --out runs/study   # zero-ratio curves: scale modes and guards, both starts
     python scripts/study_small.py table   --out runs/study   # markdown tables from OUT/results.jsonl
-    python scripts/study_small.py plot    --out runs/study   # docs/img/study_bits.svg
+    python scripts/study_small.py plot    --out runs/study   # docs/img/study_bits.svg (+ zero_ratio_scratch.png)
 
 Each run appends one JSON line to ``OUT/results.jsonl`` (experiment, name, command, seed, wall time, device and the
 summary's numbers). A run whose ``summary.json`` exists is not run again; its line is re-read instead.
@@ -24,12 +25,20 @@ whose ``build_model`` swaps in_proj / out_proj for ternary QAT modules (``quanti
 the same ``QuantConfig`` as distillation) right after ``init_weights``; its final report measures the packed model
 like the distill summary does. ``ScratchFloatTask`` is the same without quantization (how far 100K tokens of
 pretraining get at all).
+
+The ``zeros`` experiment (issue 10, experiment 3) gives ``ScratchTernaryTask`` the zero-ratio monitor of
+distillation (``quant.monitor.ZeroRatioMonitor``, configured as ``ssmquant distill`` configures it: about 50
+measurements per run, an event when a layer's zero fraction rises faster than 0.2 over the run or passes 0.6) and
+runs the same grid from scratch and from the pretrained teacher (through ``ssmquant distill``): learnable scales with
+no guard and with each guard (clamp, reinit, regularize, freeze), and fixed and EMA scales (default guard, clamp).
+``--log-every 1`` writes the monitor's per-layer zero fractions to ``metrics.jsonl`` at every step.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -66,7 +75,8 @@ def _summary_row(experiment: str, name: str, seed: int, cmd: str, run: Path, wal
            "tokens": s.get("tokens"),
            "teacher_ppl": s.get("teacher_ppl"), "student_ppl": s.get("student_ppl"),
            "post_hoc_ppl": s.get("post_hoc_ppl"), "zero_frac": s.get("zero_frac"),
-           "val_ppl": s.get("val_ppl"), "val_kl": s.get("val_kl")}
+           "val_ppl": s.get("val_ppl"), "val_kl": s.get("val_kl"), "val_loss": s.get("val_loss"),
+           "collapse_events": s.get("collapse_events")}
     if s.get("student_ppl") and s.get("teacher_ppl"):
         row["ratio"] = s["student_ppl"] / s["teacher_ppl"]
         row["post_hoc_ratio"] = s["post_hoc_ppl"] / s["teacher_ppl"] if s.get("post_hoc_ppl") else None
@@ -88,7 +98,18 @@ def distill_run(out: Path, experiment: str, name: str, seed: int, tokens: str, e
         t0 = time.time()
         subprocess.run(cmd + ["--overwrite"], check=True)
         wall = time.time() - t0
-    return _record(out, _summary_row(experiment, name, seed, shlex.join(cmd), run, wall))
+    return _record(out, {**_summary_row(experiment, name, seed, shlex.join(cmd), run, wall), **_monitor_fields(run)})
+
+
+def read_metrics(run: Path) -> list[dict]:
+    p = run / "metrics.jsonl"
+    return [json.loads(line) for line in p.read_text().splitlines()] if p.is_file() else []
+
+
+def _monitor_fields(run: Path) -> dict:
+    """The monitor's last per-layer maximum of the zero fraction, from metrics.jsonl ({} without a monitor)."""
+    last = [r for r in read_metrics(run) if "quant/zero_frac_max" in r]
+    return {"zero_frac_max": last[-1]["quant/zero_frac_max"]} if last else {}
 
 
 # ---- from scratch --------------------------------------------------------------------------------------------------
@@ -100,6 +121,7 @@ def _scratch_tasks():
     from ssmquant.eval.perplexity import perplexity
     from ssmquant.io.bundled import SAMPLE_HELDOUT
     from ssmquant.quant import QuantConfig, convert, quant_param_groups, quantize_
+    from ssmquant.quant.monitor import MonitorConfig, ZeroRatioMonitor
     from ssmquant.quant.size import size_report
     from ssmquant.train.distill import packed_zero_fraction, save_student
     from ssmquant.train.tasks import PretrainTask, default_param_groups
@@ -120,13 +142,40 @@ def _scratch_tasks():
 
         name = "pretrain-ternary"
 
-        def __init__(self, model_config, tokenizer, *, init_seed: int, qcfg: QuantConfig):
+        def __init__(self, model_config, tokenizer, *, init_seed: int, qcfg: QuantConfig,
+                     monitor: MonitorConfig | None = None):
             super().__init__(model_config, tokenizer, init_seed=init_seed)
             self.qcfg = qcfg
+            # The monitor and its guards are hooked in where DistillTask hooks them (loss, after_step, step_metrics).
+            self.monitor = ZeroRatioMonitor(monitor) if monitor is not None else None
+            self._pending_metrics: dict = {}
 
         def describe(self):
-            return {**super().describe(), "quant": {"group_size": self.qcfg.group_size,
-                                                    "scale_mode": self.qcfg.scale_mode}}
+            d = {**super().describe(), "quant": {"group_size": self.qcfg.group_size,
+                                                 "scale_mode": self.qcfg.scale_mode}}
+            if self.monitor is not None:
+                d["monitor"] = {k: list(v) if isinstance(v, tuple) else v
+                                for k, v in dataclasses.asdict(self.monitor.config).items()}
+            return d
+
+        def loss(self, model, x, y):
+            loss, parts = super().loss(model, x, y)
+            pen = self.monitor.penalty(model) if self.monitor is not None else None
+            if pen is not None:
+                loss, parts = loss + pen, {**parts, "zero_penalty": float(pen)}
+            return loss, parts
+
+        def after_step(self, model, step):
+            if self.monitor is None:
+                return
+            m = self.monitor.step(model, step)
+            if m:
+                self._pending_metrics = m
+            self.monitor.apply_policy(model, step)
+
+        def step_metrics(self, model, step):
+            out, self._pending_metrics = self._pending_metrics, {}
+            return out
 
         def build_model(self, device):
             model = super().build_model(device)   # init_weights(init_seed), then the swap, as distillation does
@@ -145,36 +194,143 @@ def _scratch_tasks():
 
         def final_report(self, model, out):
             packed = convert(copy.deepcopy(model).eval())
-            return {**report(packed, self.tokenizer), "zero_frac": packed_zero_fraction(packed), "size": size_report(packed)}
+            rep = {**report(packed, self.tokenizer), "zero_frac": packed_zero_fraction(packed),
+                   "size": size_report(packed)}
+            if self.monitor is not None:
+                rep["collapse_events"] = len(self.monitor.events)
+            return rep
 
     return ScratchFloatTask, ScratchTernaryTask, QuantConfig
 
 
-def scratch_run(out: Path, name: str, seed: int, tokens: str, *, ternary: bool, teacher_ppl: float | None) -> dict:
+def total_steps(tokens: str) -> int:
+    from ssmquant.train.config import TrainConfig
+
+    return TrainConfig(out="-", data=["-"], tokens=tokens, **EMBEDDED).total_steps
+
+
+def monitor_config(steps: int, policies: tuple[str, ...]):
+    """The ``MonitorConfig`` that ``ssmquant distill`` builds from its defaults (cli/train.py) for ``steps`` steps;
+    freeze holds the scales for the first 20% of steps, as docs/recipes.md's sweep did."""
+    from ssmquant.quant import MonitorConfig
+
+    return MonitorConfig(every_n_steps=max(1, steps // 50), max_zero_frac=0.6, max_rise_per_kstep=0.2 * 1000 / steps,
+                         policies=policies, freeze_steps=steps // 5 if "freeze" in policies else 0)
+
+
+def scratch_run(out: Path, name: str, seed: int, tokens: str, *, ternary: bool, teacher_ppl: float | None,
+                experiment: str = "scratch", scale_mode: str = "learnable", policies: tuple[str, ...] | None = None,
+                log_every: int = EMBEDDED["log_every"], cmd: str | None = None) -> dict:
+    """One from-scratch run; ``policies`` (a tuple, e.g. ``("warn", "clamp")``) adds distillation's monitor."""
     from ssmquant.io.bundled import SAMPLE_TRAIN, TEACHER_DIR
     from ssmquant.io.checkpoints import load_model
     from ssmquant.io.tokenizer import load_tokenizer
     from ssmquant.train.config import TrainConfig
     from ssmquant.train.trainer import train
 
-    run = out / "scratch" / name
-    cmd = f"python scripts/study_small.py scratch --tokens {tokens} --seeds {seed}" + ("" if ternary else " --fp32")
+    run = out / experiment / name
+    cmd = cmd or (f"python scripts/study_small.py scratch --tokens {tokens} --seeds {seed}" + ("" if ternary else " --fp32"))
     wall = None
     if not (run / "summary.json").is_file():
         FloatTask, TernaryTask, QuantConfig = _scratch_tasks()
         tok = load_tokenizer(str(TEACHER_DIR))
         mcfg = load_model(str(TEACHER_DIR)).config      # the teacher's architecture, its weights unused
-        task = (TernaryTask(mcfg, tok, init_seed=seed, qcfg=QuantConfig(group_size=256, scale_mode="learnable"))
-                if ternary else FloatTask(mcfg, tok, init_seed=seed))
         tcfg = TrainConfig(out=str(run), data=[str(SAMPLE_TRAIN)], tokens=tokens, seed=seed, progress=False,
-                           plot=False, overwrite=True, **EMBEDDED)
+                           plot=False, overwrite=True, **{**EMBEDDED, "log_every": log_every})
+        monitor = monitor_config(tcfg.total_steps, policies) if policies is not None else None
+        task = (TernaryTask(mcfg, tok, init_seed=seed, qcfg=QuantConfig(group_size=256, scale_mode=scale_mode),
+                            monitor=monitor)
+                if ternary else FloatTask(mcfg, tok, init_seed=seed))
         t0 = time.time()
         train(task, tcfg)
         wall = time.time() - t0
-    row = _summary_row("scratch", name, seed, cmd, run, wall)
+    row = _summary_row(experiment, name, seed, cmd, run, wall)
+    row.update(_monitor_fields(run))
     if teacher_ppl and row.get("student_ppl"):
         row["teacher_ppl"], row["ratio"] = teacher_ppl, row["student_ppl"] / teacher_ppl
     return _record(out, row)
+
+
+# ---- zero-ratio curves: scale modes and guards, from scratch and from the pretrained teacher -------------------------
+
+# (name, scale mode, collapse policies). "none" is the monitor alone; fixed and EMA keep distill's default guard.
+ZERO_GRID = (
+    ("learnable-none", "learnable", ("warn",)),
+    ("learnable-clamp", "learnable", ("warn", "clamp")),
+    ("learnable-reinit", "learnable", ("warn", "reinit")),
+    ("learnable-regularize", "learnable", ("warn", "regularize")),
+    ("learnable-freeze", "learnable", ("warn", "freeze")),
+    ("fixed", "fixed", ("warn", "clamp")),
+    ("ema", "ema", ("warn", "clamp")),
+)
+
+
+def zeros_runs(out: Path, seed: int, tokens: str, starts: list[str], only: list[str] | None,
+               teacher_ppl: float | None) -> None:
+    steps = total_steps(tokens)
+    for start in starts:
+        for name, mode, policies in ZERO_GRID:
+            if only and name not in only:
+                continue
+            run_name = f"{start}-{name}-s{seed}"
+            if start == "scratch":
+                cmd = (f"python scripts/study_small.py zeros --start scratch --only {name} --tokens {tokens} "
+                       f"--seeds {seed}")
+                scratch_run(out, run_name, seed, tokens, ternary=True, teacher_ppl=teacher_ppl, experiment="zeros",
+                            scale_mode=mode, policies=policies, log_every=1, cmd=cmd)
+            else:
+                extra = ["--group-size", "256", "--scale-mode", mode, "--collapse-policy", *policies, "--log-every", "1"]
+                if "freeze" in policies:
+                    extra += ["--freeze-steps", str(monitor_config(steps, policies).freeze_steps)]
+                distill_run(out, "zeros", run_name, seed, tokens, extra)
+
+
+ZERO_LABELS = {"learnable-none": "learnable, no guard", "learnable-clamp": "learnable + clamp [0.5, 2] (default)",
+               "learnable-reinit": "learnable + reinit", "learnable-regularize": "learnable + regularize (target 0.5)",
+               "learnable-freeze": "learnable + freeze (first 20%)", "fixed": "fixed (absmean)", "ema": "EMA"}
+
+
+def plot_zeros(out: Path, path: Path) -> None:
+    """Mean zero fraction over tokens per scale mode / guard for both starts, and each layer's for the unguarded
+    learnable run (matplotlib, imported here: it is optional)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = load_rows(out)
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8), sharex=True, sharey="row")  # one scale per row: starts compare
+    colors = dict(zip(ZERO_LABELS, plt.rcParams["axes.prop_cycle"].by_key()["color"]))
+    for col, start in enumerate(("scratch", "pretrained")):
+        for (e, name), r in sorted(rows.items()):
+            if e != "zeros" or not name.startswith(start + "-"):
+                continue
+            key = name[len(start) + 1:].rsplit("-s", 1)[0]
+            ms = [m for m in read_metrics(Path(r["run"])) if "quant/zero_frac" in m]
+            axes[0, col].plot([m["tokens"] for m in ms], [m["quant/zero_frac"] for m in ms], color=colors.get(key),
+                              label=f"{ZERO_LABELS.get(key, key)}: ppl {r['student_ppl']:.1f}",
+                              ls="--" if key == "learnable-clamp" else "-")
+            if key == "learnable-none":
+                layers = sorted(k for k in ms[-1] if k.startswith("quant/zero_frac/"))
+                for k in layers:
+                    short = k.split("/")[-1].replace("backbone.layers.", "L").replace(".mixer.", " ")
+                    axes[1, col].plot([m["tokens"] for m in ms], [m[k] for m in ms], label=short,
+                                      ls="-" if "in_proj" in k else "--")
+        axes[0, col].set_title(f"from {'scratch (random init)' if start == 'scratch' else 'the pretrained teacher'}: "
+                               "mean zero fraction")
+        axes[1, col].set_title(f"from {start}: per layer, learnable scales, no guard")
+        axes[1, col].set_xlabel("training tokens")
+        for ax in axes[:, col]:
+            ax.grid(alpha=0.3)
+        axes[0, col].legend(fontsize=7)
+        axes[1, col].legend(fontsize=7, ncol=2)
+    axes[0, 0].set_ylabel("zero fraction of ternary codes")
+    axes[1, 0].set_ylabel("zero fraction of ternary codes")
+    fig.suptitle("Zero-ratio monitor, bundled 3.8M Mamba-2 architecture, group 256, 100K tokens, seed 0 "
+                 "(scripts/study_small.py zeros). Curves that coincide hide each other.", fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
 
 
 # ---- tables --------------------------------------------------------------------------------------------------------
@@ -210,6 +366,16 @@ def table(out: Path) -> str:
             m, sd = mean_sd([r[key] for r in seeds])
             lines.append(f"<!-- {key}: mean {m:.4f}, sd {sd:.4f}, min {min(r[key] for r in seeds):.4f}, "
                          f"max {max(r[key] for r in seeds):.4f} -->")
+        lines.append("")
+    zs = [r for (e, _), r in sorted(rows.items()) if e == "zeros"]
+    if zs:
+        lines += ["| zeros: run | zero frac | max layer | events | held-out ppl | × teacher | val loss | wall |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for r in zs:
+            ratio = f"{r['ratio']:.3f}" if r.get("ratio") else "–"
+            zmax = f"{r['zero_frac_max']:.3f}" if r.get("zero_frac_max") is not None else "–"
+            lines.append(f"| {r['name']} | {r['zero_frac']:.3f} | {zmax} | {r.get('collapse_events')} | "
+                         f"{r['student_ppl']:.2f} | {ratio} | {r.get('val_loss') or float('nan'):.3f} | {_wall(r)} |")
         lines.append("")
     for exp in ("scratch", "groups", "dfssm"):
         rs = [r for (e, _), r in sorted(rows.items()) if e == exp]
@@ -286,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example: python scripts/study_small.py seeds --out runs/study")
-    p.add_argument("experiment", choices=["seeds", "scratch", "groups", "dfssm", "drift", "table", "plot"])
+    p.add_argument("experiment", choices=["seeds", "scratch", "groups", "dfssm", "drift", "zeros", "table", "plot"])
     p.add_argument("--out", default="runs/study", help="study directory (default runs/study)")
     p.add_argument("--tokens", default="100K", help="training tokens per run (default 100K)")
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds (default 0 1 2; "
@@ -294,6 +460,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--fp32", action="store_true", help="scratch: also the unquantized model (seed: the first)")
     p.add_argument("--rank", type=int, default=21, help="dfssm: rank of the int8 correction (default 21: 2.04 "
                    "bits per projection weight, ternary group 256 is 2.06)")
+    p.add_argument("--start", choices=["scratch", "pretrained", "both"], default="both",
+                   help="zeros: from a random init, from the pretrained teacher, or both (default both)")
+    p.add_argument("--only", nargs="+", default=None, choices=[n for n, _, _ in ZERO_GRID],
+                   help="zeros: run only these settings (default: all)")
     a = p.parse_args(argv)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -321,8 +491,14 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         subprocess.run(cmd, check=True)
         print(f"{shlex.join(cmd)}: {time.time() - t0:.0f} s")
+    elif a.experiment == "zeros":
+        tppl = next((r["teacher_ppl"] for (e, _), r in load_rows(out).items() if e == "seeds"), None)
+        starts = ["scratch", "pretrained"] if a.start == "both" else [a.start]
+        zeros_runs(out, a.seeds[0], a.tokens, starts, a.only, tppl)
     elif a.experiment == "plot":
         plot_svg(out, Path("docs/img/study_bits.svg"))
+        if any(e == "zeros" for e, _ in load_rows(out)):
+            plot_zeros(out, Path("docs/img/zero_ratio_scratch.png"))
     print(table(out))
 
 
