@@ -163,6 +163,23 @@ def test_save_load_through_load_model(tmp_path, tiny_tokenizer):
     assert isinstance(mod, PackedBinaryLowRankLinear) and mod.rank == 3
 
 
+def test_load_refuses_non_finite_dense_tensor(tmp_path, tiny_tokenizer):
+    import ssmquant
+    from safetensors.torch import load_file, save_file
+
+    from ssmquant.errors import CheckpointError
+    from ssmquant.quant.dfssm_io import save_dfssm_model
+
+    _, s = _dfssm_tiny(rank=3)
+    d = save_dfssm_model(dfssm_convert(s.eval()), tmp_path / "dfssm", tokenizer=tiny_tokenizer)
+    sd = load_file(str(d / "model.safetensors"))
+    key = "backbone.norm_f.weight"
+    sd[key] = sd[key].clone().fill_(float("inf"))
+    save_file(sd, str(d / "model.safetensors"))
+    with pytest.raises(CheckpointError, match=f"tensor {key} holds NaN or Inf"):
+        ssmquant.load_model(d)
+
+
 def test_tiny_dfssm_distillation_lowers_kd_loss():
     from ssmquant.train.losses import kd_loss
 

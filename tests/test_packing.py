@@ -167,6 +167,20 @@ def test_load_refuses_bad_scales_and_shapes(student, tmp_path):
         ssmquant.load_model(tmp_path)
 
 
+@pytest.mark.parametrize("bad,msg", [("shape", r"has shape \[\d+\] but the config implies"),
+                                     ("int", "has dtype torch.int32; expected floating point"),
+                                     ("nan", "holds NaN or Inf values")])
+def test_load_refuses_bad_dense_tensors(student, tmp_path, bad, msg):
+    """The tensors kept as trained (norms, D, ...) are checked too, and the error names the tensor as stored."""
+    save_packed_model(student[0], tmp_path, packing="2bit")
+    key = "backbone.layers.0.mixer.D"
+    fix = {"shape": lambda t: t[:-1].clone(), "int": lambda t: t.to(torch.int32),
+           "nan": lambda t: t.clone().fill_(float("nan"))}[bad]
+    _rewrite(tmp_path, lambda sd: sd.__setitem__(key, fix(sd[key])))
+    with pytest.raises(CheckpointError, match=f"tensor {key} {msg}"):
+        ssmquant.load_model(tmp_path)
+
+
 def test_save_refuses_unconverted(tmp_path):
     from ssmquant.errors import ConfigError
 

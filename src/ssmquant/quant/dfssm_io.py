@@ -144,7 +144,7 @@ def load_dfssm_model(ckpt, cfg_dict: dict, *, device=None, dtype=None,
     for k, shape in expected.items():
         t = take(k, shape, ())
         if check_finite and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{where.get(k, ckpt.directory)}: tensor {names.tonames.to_hf_name(k)} holds NaN or Inf")
+            raise CheckpointError(f"{where.get(k, ckpt.directory)}: tensor {names.to_hf_name(k)} holds NaN or Inf")
         want = torch.float32 if k.rsplit(".", 1)[-1] in _FP32_ALWAYS else (dtype or t.dtype)
         sd[k] = t if t.dtype == want else t.to(want)
     if got:

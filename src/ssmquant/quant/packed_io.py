@@ -306,12 +306,12 @@ def load_packed_model(ckpt, cfg_dict: dict, *, device=None, dtype=None, runtime:
     for k, shape in expected.items():
         t, f = take(k)
         if tuple(t.shape) != shape:
-            raise CheckpointError(f"{f}: tensor {names.tonames.to_hf_name(k)} has shape {list(t.shape)} but the config "
+            raise CheckpointError(f"{f}: tensor {names.to_hf_name(k)} has shape {list(t.shape)} but the config "
                                   f"implies {list(shape)}")
         if not t.is_floating_point():
-            raise CheckpointError(f"{f}: tensor {names.tonames.to_hf_name(k)} has dtype {t.dtype}; expected floating point")
+            raise CheckpointError(f"{f}: tensor {names.to_hf_name(k)} has dtype {t.dtype}; expected floating point")
         if check_finite and not bool(torch.isfinite(t).all()):
-            raise CheckpointError(f"{f}: tensor {names.tonames.to_hf_name(k)} holds NaN or Inf values")
+            raise CheckpointError(f"{f}: tensor {names.to_hf_name(k)} holds NaN or Inf values")
         want = torch.float32 if k.rsplit(".", 1)[-1] in _FP32_ALWAYS else (float_dtype or t.dtype)
         sd[k] = t if t.dtype == want else t.to(want)
     if got:
