@@ -34,18 +34,11 @@ from . import ops, ssd
 
 
 @functools.cache
-def _triton_scan() -> Callable | None:
-    """The Triton scan, or None where Triton is not installed (imported on first use: Triton is optional)."""
-    try:
-        from ..kernels.triton.ssd_scan import ssd_chunk_scan
-    except ImportError:
-        return None
-    return ssd_chunk_scan
+def triton_module(name: str):
+    """``ssmquant.kernels.triton.<name>``, or None without Triton (imported on first use: Triton is optional).
 
-
-@functools.cache
-def _triton_module(name: str):
-    """``ssmquant.kernels.triton.<name>``, or None without Triton."""
+    The one place an optional Triton kernel module is imported (the scan, norms and conv here; the fused fake
+    quantization in ``quant.ternary``)."""
     import importlib
 
     try:
@@ -57,8 +50,13 @@ def _triton_module(name: str):
 def _fused(name: str, x):
     """The fused module for ``x`` under the current backend, or None for the reference."""
     if _current != "torch" and (x.is_cuda or _current == "triton"):
-        return _triton_module(name)
+        return triton_module(name)
     return None
+
+
+def _triton_scan() -> Callable | None:
+    mod = triton_module("ssd_scan")
+    return None if mod is None else mod.ssd_chunk_scan
 
 
 def _triton_ok(chunk_size: int) -> bool:

@@ -181,10 +181,11 @@ class Mamba2Backbone(nn.Module):
         h = self.embedding(input_ids)
         dtype = h.dtype
         residual = h.float() if self.cfg.residual_in_fp32 else h
-        recompute = self.activation_checkpointing and cache is None and self.training and torch.is_grad_enabled()
+        training = cache is None and self.training and torch.is_grad_enabled()
+        recompute = self.activation_checkpointing and training
         graphed = None
-        if (self.cuda_graphs and not recompute and cache is None and self.training and torch.is_grad_enabled()
-                and residual.is_cuda and not torch.compiler.is_compiling()):
+        if (self.cuda_graphs and training and not recompute and residual.is_cuda
+                and not torch.compiler.is_compiling()):
             graphed = self._layer_graphs.get(self.layers, residual, dtype)
         for i, layer in enumerate(self.layers):
             if hidden_states_out is not None:

@@ -41,11 +41,12 @@ Glossary: ``r`` rows (out_features or vocab), ``c`` cols (in_features or d_model
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 from torch import Tensor
+
+from ..model import dispatch
 
 # Smallest normal fp16 (2**-14), exactly representable in fp16, bf16 and fp32, so an all-zero group's floored scale
 # is the same number before and after rounding to the storage dtype. Real absmean values are ~1e-2; a group below
@@ -156,21 +157,11 @@ def ternary_fake_quant(
     ``dequantize_ternary(...).to(out_dtype)`` bit for bit, so training still sees exactly the deployed weights.
     """
     if out_dtype is not None and weight.is_cuda:
-        fused = _fused_fake_quant()
+        fused = dispatch.triton_module("ternary_qat")
         if fused is not None and fused.supported(weight, group_size):
             return fused.ternary_fake_quant_fused(weight, scale, group_size, out_dtype, grad_scale=grad_scale)
     w_q = _TernaryFakeQuant.apply(weight, scale, group_size, scale_dtype, grad_scale)
     return w_q if out_dtype is None else w_q.to(out_dtype)
-
-
-@functools.cache
-def _fused_fake_quant():
-    """The Triton fake-quant module, or None without Triton (optional, imported on first use)."""
-    try:
-        from ..kernels.triton import ternary_qat
-    except ImportError:
-        return None
-    return ternary_qat
 
 
 def ternary_fake_quant_ref(weight: Tensor, scale: Tensor, group_size: int, *, grad_scale: float = 1.0) -> Tensor:

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..data import TokenBatcher, build_token_dataset, open_token_dataset, validation_sequences
 from ..errors import DataError
+from ..io.checkpoints import model_class_for
 from ..model.config import Mamba2Config
 from ..model.mamba2 import Mamba2LMHeadModel
 
@@ -155,10 +156,7 @@ class PretrainTask(LMTask):
         return {**super().describe(), "model_config": self.model_config.to_own_dict(), "init_seed": self.init_seed}
 
     def build_model(self, device) -> Mamba2LMHeadModel:
-        from ..model.transformer_control import TransformerControlConfig, TransformerControlLM
-
-        cls = TransformerControlLM if isinstance(self.model_config, TransformerControlConfig) else Mamba2LMHeadModel
-        model = cls(self.model_config)
+        model = model_class_for(self.model_config)(self.model_config)
         model.init_weights(self.init_seed)
         return model.to(device)
 
