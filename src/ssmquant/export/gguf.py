@@ -396,11 +396,11 @@ def verify_gguf(path: str | os.PathLike, tensors: list[_Tensor], cfg) -> None:
         if rt.tensor_type != t.qtype:
             raise ExportError(f"{path}: {t.name} read back as {rt.tensor_type.name}, wrote {t.qtype.name}")
         if rt.tensor_type == gguf.GGMLQuantizationType.Q1_0:  # gguf has no numpy dequantizer for Q1_0
-            from ..quant.binary_lowrank import q1_0_unblocks
+            from ..quant.binary_lowrank import Q1_0_GROUP, dequantize_binary, q1_0_unblocks
 
             signs, scale = q1_0_unblocks(torch.from_numpy(np.array(rt.data)).reshape(t.expected.shape[0], -1),
                                          t.expected.shape[1])
-            vals = (signs.float() * scale.float().repeat_interleave(128, dim=1)).numpy()
+            vals = dequantize_binary(signs, scale, Q1_0_GROUP).numpy()
         else:
             vals = dequantize(rt.data, rt.tensor_type).astype(np.float32).reshape(t.expected.shape)
         if not np.array_equal(vals, t.expected):
