@@ -317,7 +317,7 @@ class PrefillBenchConfig:
 @torch.no_grad()
 def bench_prefill(cfg: PrefillBenchConfig) -> dict:
     """Prompt processing (forward with cache, last logits) of the ternary model on Triton GEMMs vs the fp16 model."""
-    from ..kernels.fast_decode import prefill_model
+    from ..kernels.prefill import prefill_model
     from .models import random_model, to_ternary_
 
     ids = torch.randint(0, 50277, (cfg.batch, cfg.seqlen), device="cuda")

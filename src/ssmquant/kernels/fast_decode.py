@@ -23,7 +23,7 @@ overlap the previous kernel (``gemv.py`` has the rules). At batch >= ``GEMM_MIN_
 projections switch to tensor-core products (``gemm.py`` / cuBLAS) with the norms in PyTorch.
 The step reads every index from device memory, so it is captured once into a CUDA graph and replayed per token
 with no host synchronisation; the prompt is prefilled by the model's own forward with its ternary projections
-swapped for Triton ones (``prefill_model``), and its cache is copied into the static buffers (the conv ring at
+swapped for Triton ones (``prefill.prefill_model``), and its cache is copied into the static buffers (the conv ring at
 counter 0 equals the cache's window, see ``ssm_step.py``).
 
 The model itself is the reference: ``FastDecoder.teacher_forced_logits`` feeds given tokens so that tests and
@@ -32,7 +32,6 @@ benchmarks compare logits step by step against ``model(ids, cache)``.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
@@ -41,12 +40,12 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .layout import GemvLowRankWeight, GemvTernaryWeight, pack_gemv, pack_lowrank
+from .layout import GemvLowRankWeight, GemvTernaryWeight
+from .prefill import GEMM_MIN_BATCH, FastLinear, prefill_model
+from .prefill import fast_weight as _fast_weight
 from .triton.gemm import ternary_matmul
 from .triton.gemv import gemv
 from .triton.ssm_step import ssm_step
-
-GEMM_MIN_BATCH = 16
 
 
 @triton.jit
@@ -73,26 +72,6 @@ def _append_kernel(tok_ptr, ids_ptr, stride_im, pos_ptr, M, BM: tl.constexpr):
     tl.store(pos_ptr, pos + 1)
 
 
-def _fast_weight(mod: nn.Module, dtype: torch.dtype, scaffold_bits: int = 2):
-    """A projection's weight as the kernels want it: GemvTernaryWeight, GemvLowRankWeight (DF-SSM scaffold in
-    ``scaffold_bits``-bit words, see ``layout.pack_lowrank``), or a contiguous dense tensor."""
-    from ..quant.binary_lowrank import PackedBinaryLowRankLinear
-    from ..quant.layers import PackedTernaryLinear
-
-    if isinstance(mod, FastLinear):
-        return mod.weight
-    if getattr(mod, "bias", None) is not None:
-        raise ValueError("projections with a bias are not supported (Mamba-2 has none)")
-    if isinstance(mod, PackedTernaryLinear):
-        return pack_gemv(mod.codes, mod.scale, mod.group_size)
-    if isinstance(mod, PackedBinaryLowRankLinear):
-        return pack_lowrank(mod.signs, mod.scale, mod.u_q, mod.u_scale, mod.v_q, mod.v_scale, mod.group_size,
-                            bits=scaffold_bits)
-    if isinstance(mod, nn.Linear):
-        return mod.weight.detach().to(dtype).contiguous()
-    raise TypeError(f"cannot run a {type(mod).__name__} projection in the fast decoder")
-
-
 def fast_decode_supported(model: nn.Module) -> bool:
     """Whether :class:`FastDecoder` can run ``model`` (projection, embedding and head types; CUDA or interpreter)."""
     from ..quant.binary_lowrank import PackedBinaryLowRankLinear
@@ -113,40 +92,6 @@ def fast_decode_supported(model: nn.Module) -> bool:
             return False
     dev = bb.embedding.weight.device if isinstance(bb.embedding, nn.Embedding) else bb.embedding.qweight.device
     return dev.type == "cuda" or _interpreting()
-
-
-class FastLinear(nn.Module):
-    """A projection on the Triton kernels: GEMV below ``GEMM_MIN_BATCH`` rows, tensor-core product above."""
-
-    def __init__(self, weight):
-        super().__init__()
-        self.weight = weight
-        self.out_features, self.in_features = weight.shape
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x2 = x.reshape(-1, self.in_features)
-        if not isinstance(self.weight, GemvTernaryWeight):
-            return F.linear(x, self.weight.to(x.dtype))
-        if x2.shape[0] >= GEMM_MIN_BATCH:
-            out = ternary_matmul(x2, self.weight, out_dtype=x.dtype)
-        else:
-            out = gemv(x2.contiguous(), self.weight, out_dtype=x.dtype)
-        return out.reshape(*x.shape[:-1], self.out_features)
-
-
-def prefill_model(model: nn.Module) -> nn.Module:
-    """A structural copy of ``model`` sharing its tensors, with ternary projections swapped for :class:`FastLinear`."""
-    from ..quant.layers import PackedTernaryLinear
-
-    memo = {id(t): t for t in list(model.parameters()) + list(model.buffers())}
-    clone = copy.deepcopy(model, memo)
-    for layer in clone.backbone.layers:
-        mix = layer.mixer
-        for name in ("in_proj", "out_proj"):
-            mod = getattr(mix, name)
-            if isinstance(mod, PackedTernaryLinear):
-                setattr(mix, name, FastLinear(_fast_weight(mod, torch.float16)))
-    return clone
 
 
 @dataclass
