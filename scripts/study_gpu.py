@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""GPU runs of the replication study (issue 10, docs/RESULTS.md): the Transformer control and a larger Mamba-2 teacher.
+"""GPU runs of the replication study (issue 10, docs/RESULTS.md): the Transformer control, a larger Mamba-2 teacher,
+the experiments on it (``large``) and ternary from scratch on the whole pretraining budget (``scratch-full``).
 
 Run on the GPU machine (device tool, ``carry: [".carry"]``; ssmquant is not installed there)::
 
@@ -16,6 +17,17 @@ schedule (``scripts/train_teacher.py``'s ``TRAIN_FLAGS``; only ``--lr`` differs 
    the run takes fewer and the report says how many.
 3. **A larger Mamba-2 teacher** (``--large-config``, default d_model 512, 8 layers, the teacher's other fields) on as
    many whole millions of tokens as fit the time left (throughput probed for 20 steps), lr 3e-3.
+
+``large`` runs ``LARGE_STEPS`` (study_control.py and study_small.py commands) on the larger teacher, carried in
+``.carry2/mamba-large``; ``--done`` skips what earlier commands finished, so the same command can be repeated::
+
+    PYTHONPATH=$PWD/src python scripts/study_gpu.py large --teacher .carry2/mamba-large --out $OUT \
+        --budget-s 480 --deadline-s 560 --done study/results/gpu_large_steps*.json
+
+``scratch-full`` trains ternary QAT from scratch with the bundled teacher's whole recipe (80M tokens, ``--carry``
+as for ``teachers``), with the zero-ratio monitor, and scores it as the distill summary does::
+
+    PYTHONPATH=$PWD/src python scripts/study_gpu.py scratch-full --carry .carry --out $OUT --budget-s 540
 
 Each model gets the bundled teacher's ``report.json`` measurement: held-out perplexity of the bundled sample
 (context 512, stride 256, the whole 75,706 tokens). Results under ``--out``: ``transformer-control.tar.xz`` (model
@@ -168,7 +180,7 @@ def teachers(a) -> None:
     print(json.dumps({k: v for k, v in rep.items() if k != "train_flags"}, indent=2, default=str))
 
 
-LARGE_STEPS = [  # (label, study_control.py arguments), in priority order; {T} = the larger teacher
+LARGE_STEPS = [  # (label, study_control.py arguments), in priority order; {T} = the larger teacher, {OUT} = --workdir
     ("ptq", ["ptq", "--teacher", "{T}", "--tag", "mamba-large"]),
     ("distill-1M-s0", ["distill", "--teacher", "{T}", "--tag", "mamba-large", "--seeds", "0", "--tokens", "1M"]),
     ("eval-teacher", ["eval", "--teacher", "{T}", "--tag", "mamba-large", "--name", "teacher"]),
@@ -184,42 +196,167 @@ LARGE_STEPS = [  # (label, study_control.py arguments), in priority order; {T} =
     ("position-qat", ["position", "--teacher", "{T}", "--tag", "mamba-large", "--name", "qat-kd", "--seqlen", "2048",
                       "--student", "{OUT}/distill/mamba-large/1M-s0/model"]),
     ("distill-1M-s12", ["distill", "--teacher", "{T}", "--tag", "mamba-large", "--seeds", "1", "2", "--tokens", "1M"]),
+    # ternary from scratch with the student's budget: study_small.py's ScratchTernaryTask on the larger architecture
+    ("scratch-1M-s0", ["@study_small.py", "scratch", "--arch", "{T}", "--tag", "mamba-large", "--tokens", "1M",
+                       "--seeds", "0", "--teacher-ppl", "35.75316255771333"]),
+    ("distill-250K", ["distill", "--teacher", "{T}", "--tag", "mamba-large", "--seeds", "0", "--tokens", "250K"]),
+    ("distill-500K", ["distill", "--teacher", "{T}", "--tag", "mamba-large", "--seeds", "0", "--tokens", "500K"]),
+    ("distill-2M", ["distill", "--teacher", "{T}", "--tag", "mamba-large", "--seeds", "0", "--tokens", "2M"]),
+    # DF-SSM at the ternary group-256 size: rank 44 is 2.059 bits per projection weight at these shapes (2.0625)
+    ("dfssm-1M", ["distill", "--teacher", "{T}", "--tag", "mamba-large", "--seeds", "0", "--tokens", "1M",
+                  "--extra=--method dfssm --rank 44 --group-size 128"]),
+    ("scratch-1M-s12", ["@study_small.py", "scratch", "--arch", "{T}", "--tag", "mamba-large", "--tokens", "1M",
+                        "--seeds", "1", "2", "--teacher-ppl", "35.75316255771333"]),
     ("distill-100K", ["distill", "--teacher", "{T}", "--tag", "mamba-large", "--seeds", "0", "1", "2", "--tokens",
                       "100K"]),
     ("ablate", ["ablate", "--teacher", "{T}", "--tag", "mamba-large", "--parts", "in_proj", "out_proj"]),
 ]
 
 
+def run_step(argv: list[str], timeout: float) -> int | str:
+    """One step in its own process group, so that a step cut at ``timeout`` takes its ``ssmquant`` child with it."""
+    import os
+    import signal
+
+    proc = subprocess.Popen(argv, start_new_session=True)
+    try:
+        return proc.wait(timeout=max(1.0, timeout))
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return "timeout"
+
+
 def large(a) -> None:
-    """The study's experiments on the larger teacher (scripts/study_control.py), as many as fit --budget-s."""
+    """The study's experiments on the larger teacher, as many as fit: a step starts only before --budget-s and is
+    cut at --deadline-s; labels finished (rc 0) in the --done files of earlier commands are skipped."""
     import shutil
 
     t0 = time.time()
     out, study = Path(a.out), Path(a.workdir)
     out.mkdir(parents=True, exist_ok=True)
     study.mkdir(parents=True, exist_ok=True)
+    finished = {r["step"] for f in a.done for r in json.loads(Path(f).read_text()) if r["rc"] == 0}
     done = []
     for label, args in LARGE_STEPS:
-        if a.steps and label not in a.steps:
+        if (a.steps and label not in a.steps) or label in finished:
             continue
         if time.time() - t0 > a.budget_s:
             print(f"budget spent: skipping {label}", flush=True)
             continue
         argv = [x.replace("{T}", a.teacher).replace("{OUT}", str(study)) for x in args]
-        argv += ["--out", str(study), "--data-dir", a.data_dir, "--limit", str(a.limit)]
+        if argv[0].startswith("@"):          # another study script (its --out is the same study directory)
+            script, argv = argv[0][1:], argv[1:] + ["--out", str(study)]
+        else:
+            script = "study_control.py"
+            argv += ["--out", str(study), "--data-dir", a.data_dir, "--limit", str(a.limit)]
         t1 = time.time()
-        r = subprocess.run([sys.executable, str(REPO / "scripts/study_control.py"), *argv], check=False)
-        done.append({"step": label, "rc": r.returncode, "wall_s": time.time() - t1})
+        rc = run_step([sys.executable, str(REPO / "scripts" / script), *argv], a.deadline_s - (t1 - t0))
+        done.append({"step": label, "rc": rc, "wall_s": time.time() - t1,
+                     "command": " ".join(["python", f"scripts/{script}", *argv])})
         print(json.dumps(done[-1]), flush=True)
-        shutil.copy(study / "control.jsonl", out / "control.jsonl")
+        for f in ("control.jsonl", "results.jsonl"):
+            if (study / f).is_file():
+                shutil.copy(study / f, out / f)
         (out / "steps.json").write_text(json.dumps(done, indent=1))
     with tarfile.open(out / "eval.tar.xz", "w:xz") as tf:
-        for f in study.glob("eval/*/*/results.*"):
-            tf.add(f, arcname=str(f.relative_to(study)))
-        for f in study.glob("distill/*/*/summary.json"):
-            tf.add(f, arcname=str(f.relative_to(study)))
-        for f in study.glob("distill/*/*/metrics.jsonl"):
-            tf.add(f, arcname=str(f.relative_to(study)))
+        for pattern in ("eval/*/*/results.*", "distill/*/*/summary.json", "distill/*/*/metrics.jsonl",
+                        "scratch-*/*/summary.json", "scratch-*/*/metrics.jsonl"):
+            for f in study.glob(pattern):
+                tf.add(f, arcname=str(f.relative_to(study)))
+
+
+def scratch_full(a) -> None:
+    """Ternary QAT from scratch on the bundled teacher's whole pretraining recipe (its data, config, TRAIN_FLAGS and
+    80M tokens), with distillation's zero-ratio monitor and no guard: the fair form of "what would settle it".
+
+    A 30-step probe measures tokens/s; a run starts only if its tokens fit the time left (the first run takes fewer
+    whole millions if 80M do not fit, and says so). Each finished run appends a line to ``scratch_full.jsonl`` and
+    leaves ``scratch-full-NAME.tar.xz`` (packed model, metrics.jsonl with the monitor's curves, summary, config)."""
+    import argparse as ap
+    import statistics
+
+    import torch
+    from study_small import REPORT_TOKENS, _scratch_tasks, monitor_config
+    from train_teacher import MODEL_CONFIG
+
+    from ssmquant.cli.train import add_train_args, train_config
+    from ssmquant.eval.perplexity import perplexity
+    from ssmquant.io.bundled import SAMPLE_HELDOUT, TEACHER_DIR
+    from ssmquant.io.checkpoints import load_model
+    from ssmquant.io.tokenizer import load_tokenizer
+    from ssmquant.train.pretrain import resolve_model_config
+    from ssmquant.train.trainer import train
+
+    t0 = time.time()
+    out, work, carry = Path(a.out), Path(a.workdir), Path(a.carry)
+    out.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "tokens").is_dir():
+        with tarfile.open(carry / "teacher_tokens.tar.xz") as tf:
+            tf.extractall(work, filter="data")
+    data, tok_path = work / "tokens", carry / "tokenizer.json"
+    _, TernaryTask, QuantConfig = _scratch_tasks()
+    tok = load_tokenizer(str(tok_path), fallback=None)
+    mcfg = resolve_model_config(str(MODEL_CONFIG), vocab_size=tok.vocab_size)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dev_note = f"{torch.cuda.get_device_name(0) if device == 'cuda' else 'cpu'}, torch {torch.__version__}"
+
+    def flags(run: Path, tokens: str, seed: int, *extra: str) -> list[str]:
+        return [*TRAIN_FLAGS, "--seed", str(seed), "--data", str(data), "--tokens", tokens, "--out", str(run),
+                "--overwrite", "--no-progress", "--no-plot", *extra]
+
+    def make(run: Path, tokens: str, seed: int, mode: str, *extra: str):
+        p = ap.ArgumentParser()
+        add_train_args(p)
+        cfg = train_config(p.parse_args(flags(run, tokens, seed, *extra)))
+        task = TernaryTask(mcfg, tok, init_seed=seed, qcfg=QuantConfig(group_size=256, scale_mode=mode),
+                           monitor=monitor_config(cfg.total_steps, ("warn",)))
+        return task, cfg
+
+    report_kw = {"context": 512, "stride": 512, "batch_size": 8, "max_tokens": REPORT_TOKENS}
+    with torch.no_grad():
+        teacher_ppl = perplexity(load_model(str(TEACHER_DIR), device=device), tok, str(SAMPLE_HELDOUT),
+                                 **report_kw)["ppl"]
+    train(*make(work / "probe", a.tokens, 0, "learnable", "--stop-after-steps", str(a.probe_steps), "--log-every",
+                "1"))
+    recs = [json.loads(x) for x in (work / "probe" / "metrics.jsonl").read_text().splitlines()]
+    tok_s = statistics.median([r["tok_per_s"] for r in recs if "tok_per_s" in r][1:] or [1.0])
+    print(f"probe: {tok_s:,.0f} tokens/s; teacher ppl {teacher_ppl:.2f}", flush=True)
+    full = int(float(a.tokens.rstrip("M")) * 1e6) if a.tokens.endswith("M") else int(a.tokens)
+    for i, name in enumerate(a.runs):
+        mode, seed = name.rsplit("-s", 1)
+        left = a.budget_s - (time.time() - t0) - a.reserve_s
+        fit = int(tok_s * left * 0.9 / 1e6)
+        if fit * 1e6 < full and (i > 0 or fit < 1):
+            print(f"{name}: {full / 1e6:.0f}M tokens do not fit the {left:.0f} s left; skipped", flush=True)
+            continue
+        tokens = a.tokens if fit * 1e6 >= full else f"{fit}M"
+        run = work / f"scratch-full-{name}"
+        task, cfg = make(run, tokens, int(seed), mode)
+        t1 = time.time()
+        train(task, cfg)
+        wall = time.time() - t1
+        s = json.loads((run / "summary.json").read_text())
+        with torch.no_grad():
+            whole = perplexity(load_model(str(run / "model"), device=device), tok, str(SAMPLE_HELDOUT), context=512,
+                               stride=256, batch_size=16)["ppl"]
+        row = {"experiment": "scratch-full", "name": name, "seed": int(seed), "scale_mode": mode, "tokens": s.get("tokens"),
+               "tokens_asked": tokens, "command": ("PYTHONPATH=$PWD/src python scripts/study_gpu.py scratch-full "
+                                                   f"--carry .carry --out $OUT --tokens {a.tokens} --runs {name}"),
+               "train_flags": flags(Path("RUN"), tokens, int(seed)),
+               "wall_s": wall, "probe_tok_per_s": tok_s, "device": dev_note, "teacher_ppl": teacher_ppl,
+               "teacher_heldout_ppl": 51.64, "heldout_ppl_whole": whole,
+               **{k: s.get(k) for k in ("student_ppl", "zero_frac", "collapse_events", "val_loss", "val_ppl", "step",
+                                        "total_steps", "stopped")}}
+        row["ratio"] = row["student_ppl"] / teacher_ppl if row.get("student_ppl") else None
+        with (out / "scratch_full.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        with tarfile.open(out / f"scratch-full-{name}.tar.xz", "w:xz", preset=1) as tf:
+            for f in ("model", "summary.json", "metrics.jsonl", "run_config.json"):
+                if (run / f).exists():
+                    tf.add(run / f, arcname=f)
 
 
 def main() -> None:
@@ -247,8 +384,22 @@ def main() -> None:
     g.add_argument("--data-dir", default=".carry2/evaldata")
     g.add_argument("--limit", type=int, default=1000)
     g.add_argument("--budget-s", type=float, default=400.0, help="no step starts after this many seconds")
+    g.add_argument("--deadline-s", type=float, default=1e9, help="a step still running then is killed (default: none)")
     g.add_argument("--steps", nargs="+", default=None, help="labels of LARGE_STEPS to run (default: all, in order)")
+    g.add_argument("--done", nargs="*", default=[], help="steps.json files of earlier commands: their finished "
+                   "steps are skipped (e.g. study/results/gpu_large_steps*.json)")
     g.set_defaults(func=large)
+    f = sub.add_parser("scratch-full", help="ternary from scratch on the bundled teacher's whole pretraining recipe")
+    f.add_argument("--carry", default=".carry")
+    f.add_argument("--workdir", default="/tmp/study_scratch_full")
+    f.add_argument("--out", required=True)
+    f.add_argument("--tokens", default="80M", help="tokens per run (default 80M, the bundled teacher's)")
+    f.add_argument("--runs", nargs="+", default=["learnable-s0", "learnable-s1"],
+                   help="runs as SCALEMODE-sSEED, in order; a later run starts only if all its tokens fit")
+    f.add_argument("--budget-s", type=float, default=540.0, help="seconds for everything (default 540)")
+    f.add_argument("--probe-steps", type=int, default=30, help="steps of the speed probe (default 30)")
+    f.add_argument("--reserve-s", type=float, default=40.0, help="seconds kept for each run's evaluation and pack")
+    f.set_defaults(func=scratch_full)
     a = p.parse_args()
     a.func(a)
 

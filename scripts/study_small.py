@@ -220,8 +220,10 @@ def monitor_config(steps: int, policies: tuple[str, ...]):
 
 def scratch_run(out: Path, name: str, seed: int, tokens: str, *, ternary: bool, teacher_ppl: float | None,
                 experiment: str = "scratch", scale_mode: str = "learnable", policies: tuple[str, ...] | None = None,
-                log_every: int = EMBEDDED["log_every"], cmd: str | None = None) -> dict:
-    """One from-scratch run; ``policies`` (a tuple, e.g. ``("warn", "clamp")``) adds distillation's monitor."""
+                log_every: int = EMBEDDED["log_every"], cmd: str | None = None, arch: str | None = None) -> dict:
+    """One from-scratch run; ``policies`` (a tuple, e.g. ``("warn", "clamp")``) adds distillation's monitor.
+
+    ``arch``: a model directory whose architecture (not its weights) is trained; default the bundled teacher's."""
     from ssmquant.io.bundled import SAMPLE_TRAIN, TEACHER_DIR
     from ssmquant.io.checkpoints import load_model
     from ssmquant.io.tokenizer import load_tokenizer
@@ -233,8 +235,8 @@ def scratch_run(out: Path, name: str, seed: int, tokens: str, *, ternary: bool, 
     wall = None
     if not (run / "summary.json").is_file():
         FloatTask, TernaryTask, QuantConfig = _scratch_tasks()
-        tok = load_tokenizer(str(TEACHER_DIR))
-        mcfg = load_model(str(TEACHER_DIR)).config      # the teacher's architecture, its weights unused
+        tok = load_tokenizer(str(arch or TEACHER_DIR))
+        mcfg = load_model(str(arch or TEACHER_DIR)).config      # the teacher's architecture, its weights unused
         tcfg = TrainConfig(out=str(run), data=[str(SAMPLE_TRAIN)], tokens=tokens, seed=seed, progress=False,
                            plot=False, overwrite=True, **{**EMBEDDED, "log_every": log_every})
         monitor = monitor_config(tcfg.total_steps, policies) if policies is not None else None
@@ -377,7 +379,7 @@ def table(out: Path) -> str:
             lines.append(f"| {r['name']} | {r['zero_frac']:.3f} | {zmax} | {r.get('collapse_events')} | "
                          f"{r['student_ppl']:.2f} | {ratio} | {r.get('val_loss') or float('nan'):.3f} | {_wall(r)} |")
         lines.append("")
-    for exp in ("scratch", "groups", "dfssm"):
+    for exp in [*sorted({e for e, _ in rows if e.startswith("scratch")}), "groups", "dfssm"]:
         rs = [r for (e, _), r in sorted(rows.items()) if e == exp]
         if not rs:
             continue
@@ -458,6 +460,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds (default 0 1 2; "
                    "groups use the first)")
     p.add_argument("--fp32", action="store_true", help="scratch: also the unquantized model (seed: the first)")
+    p.add_argument("--arch", default=None, help="scratch: train this model directory's architecture (its weights "
+                   "unused; default the bundled teacher's), e.g. the 17.4M teacher on the GPU")
+    p.add_argument("--tag", default="", help="scratch: results go to experiment scratch-TAG (default: scratch)")
+    p.add_argument("--teacher-ppl", type=float, default=None,
+                   help="scratch: the teacher's perplexity for the ratio (default: the seeds runs' teacher)")
     p.add_argument("--rank", type=int, default=21, help="dfssm: rank of the int8 correction (default 21: 2.04 "
                    "bits per projection weight, ternary group 256 is 2.06)")
     p.add_argument("--start", choices=["scratch", "pretrained", "both"], default="both",
@@ -471,11 +478,16 @@ def main(argv: list[str] | None = None) -> None:
         for s in a.seeds:
             distill_run(out, "seeds", f"s{s}", s, a.tokens, ["--group-size", "256"])
     elif a.experiment == "scratch":
-        tppl = next((r["teacher_ppl"] for (e, _), r in load_rows(out).items() if e == "seeds"), None)
+        tppl = a.teacher_ppl or next((r["teacher_ppl"] for (e, _), r in load_rows(out).items() if e == "seeds"), None)
+        exp = "scratch" + (f"-{a.tag}" if a.tag else "")
+        flags = f" --tokens {a.tokens}" + (f" --arch {a.arch} --tag {a.tag} --teacher-ppl {tppl}" if a.arch else "")
         for s in a.seeds:
-            scratch_run(out, f"ternary-g256-s{s}", s, a.tokens, ternary=True, teacher_ppl=tppl)
+            scratch_run(out, f"ternary-g256-s{s}", s, a.tokens, ternary=True, teacher_ppl=tppl, experiment=exp,
+                        arch=a.arch, cmd=f"python scripts/study_small.py scratch{flags} --seeds {s}")
         if a.fp32:
-            scratch_run(out, f"fp32-s{a.seeds[0]}", a.seeds[0], a.tokens, ternary=False, teacher_ppl=tppl)
+            scratch_run(out, f"fp32-s{a.seeds[0]}", a.seeds[0], a.tokens, ternary=False, teacher_ppl=tppl,
+                        experiment=exp, arch=a.arch,
+                        cmd=f"python scripts/study_small.py scratch{flags} --seeds {a.seeds[0]} --fp32")
     elif a.experiment == "groups":
         for g in ("64", "128", "row"):
             distill_run(out, "groups", f"g{g}", a.seeds[0], a.tokens, ["--group-size", g])
