@@ -55,8 +55,11 @@ EMBEDDED = {"seq_len": 256, "micro_batch": 8, "lr": 2e-3, "warmup_frac": 0.05, "
 
 
 def device_note() -> str:
+    """Where the trainer runs: its default device is CUDA when there is one (the GPU runs of study_gpu.py)."""
     import torch
 
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
     return (f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads")
 
