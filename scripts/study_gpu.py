@@ -359,6 +359,62 @@ def scratch_full(a) -> None:
                     tf.add(run / f, arcname=f)
 
 
+def plot(a) -> None:
+    """docs/img/zero_ratio_scratch_80M.png: the zero-ratio monitor over ``scratch-full``'s runs, and
+    docs/img/study_budget_large.png: the 17.4M student's perplexity ratio against distillation tokens (matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    res = Path(a.results)
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    for run in sorted((res / "scratch_full").glob("*/metrics.jsonl")):
+        ms = [json.loads(x) for x in run.read_text().splitlines()]
+        q = [m for m in ms if "quant/zero_frac" in m]
+        t = [m["tokens"] / 1e6 for m in q]
+        seed = run.parent.name
+        axes[0].plot(t, [m["quant/zero_frac"] for m in q], label=f"{seed}: mean")
+        axes[0].plot(t, [m["quant/zero_frac_max"] for m in q], ls="--", label=f"{seed}: largest layer")
+        if seed.endswith("s0"):
+            for k in sorted(k for k in q[-1] if k.startswith("quant/zero_frac/")):
+                short = k.split("/")[-1].replace("backbone.layers.", "L").replace(".mixer.", " ")
+                ls = "-" if "in_proj" in k else "--"
+                axes[1].plot(t, [m[k] for m in q], ls=ls, label=short)
+                axes[2].plot(t, [m[k.replace("zero_frac", "scale_ratio")] for m in q], ls=ls, label=short)
+    axes[0].axhline(0.249, color="gray", lw=0.8, ls=":")
+    axes[0].set_title("mean zero fraction (start 0.249, dotted)")
+    axes[1].set_title("per layer, seed 0")
+    axes[2].axhline(1.0, color="gray", lw=0.8, ls=":")
+    axes[2].set_title("learnable scale / group absmean, per layer, seed 0")
+    for ax in axes:
+        ax.set_xlabel("training tokens (M)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle("Ternary QAT from scratch, bundled 3.8M Mamba-2 architecture, the teacher's 80M-token recipe, "
+                 "monitor only (no guard); scripts/study_gpu.py scratch-full, H100", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(Path(a.img) / "zero_ratio_scratch_80M.png", dpi=100)
+
+    rows = [json.loads(x) for x in (res / "control.jsonl").read_text().splitlines()]
+    kd = [r for r in rows if r["experiment"] == "distill" and r["tag"] == "mamba-large" and "method" not in r["name"]]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    ax.scatter([r["tokens"] / 1e6 for r in kd], [r["student_ppl"] / r["teacher_ppl"] for r in kd], color="tab:blue",
+               label="ternary QAT + KD (each seed a point)")
+    df = [r for r in rows if r["experiment"] == "distill" and r["tag"] == "mamba-large" and "dfssm" in r["name"]]
+    ax.scatter([r["tokens"] / 1e6 for r in df], [r["student_ppl"] / r["teacher_ppl"] for r in df], color="tab:purple",
+               marker="s", label="DF-SSM rank 44 (2.06 bits)")
+    ax.axhline(1.10, color="gray", ls="--", lw=0.8, label="target 1.10 ×")
+    ax.set_xscale("log")
+    ax.set_xlabel("distillation tokens (M); the teacher pretrained on 118M")
+    ax.set_ylabel("student / teacher held-out perplexity")
+    ax.set_title("17.4M Mamba-2 teacher, group 256, H100 (scripts/study_gpu.py large)", fontsize=9)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(Path(a.img) / "study_budget_large.png", dpi=100)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -400,6 +456,10 @@ def main() -> None:
     f.add_argument("--probe-steps", type=int, default=30, help="steps of the speed probe (default 30)")
     f.add_argument("--reserve-s", type=float, default=40.0, help="seconds kept for each run's evaluation and pack")
     f.set_defaults(func=scratch_full)
+    q = sub.add_parser("plot", help="figures of the scratch-full and large records (matplotlib)")
+    q.add_argument("--results", default=str(REPO / "study/results"))
+    q.add_argument("--img", default=str(REPO / "docs/img"))
+    q.set_defaults(func=plot)
     a = p.parse_args()
     a.func(a)
 
