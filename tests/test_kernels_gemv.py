@@ -53,6 +53,26 @@ def test_gemv_matches_reference(norm, group, ternary):
     assert err < 1e-5, f"rel err {err:.2e}, max abs diff {(out - ref).abs().max():.3e}"
 
 
+@pytest.mark.parametrize("norm", [None, "rms", "gated"])
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 3e4])
+def test_ternary_gemv_full_tiles_and_activation_range(norm, scale):
+    """Tiles that divide the matrix (unmasked, vectorized loads), two K tiles (the prefetch), four-word scale groups,
+    and activations far from 1: the denormal decode scales them by up to 2**85 and must stay exact."""
+    from ssmquant.kernels.triton.gemv import gemv, gemv_ref
+
+    N, K, G = 32, 256, 128                            # 16 words per row, pack blocks of 8 words
+    codes, scale_w = _ternary(N, K, G, seed=12)
+    w = pack_gemv(codes, scale_w, G)
+    g = torch.Generator().manual_seed(13)
+    x, nw, res = (torch.randn(*s, generator=g).to(DEVICE) for s in [(2, K), (K,), (2, N)])
+    x = x * scale
+    for cfg in (dict(BN=16, BKW=8, num_warps=1), dict(BN=8, BKW=16, num_warps=1)):
+        out = gemv(x, w, norm=norm, norm_weight=nw, residual=res, out=torch.empty_like(res), config=cfg)
+        ref = gemv_ref(x, w, norm=norm, norm_weight=nw, residual=res)
+        err = rel_err(out, ref)
+        assert err < 1e-5, f"{cfg}: rel err {err:.2e}, max abs diff {(out - ref).abs().max():.3e}"
+
+
 def test_gemv_in_place_residual_and_fp16_out():
     from ssmquant.kernels.triton.gemv import gemv, gemv_ref
 
@@ -81,7 +101,7 @@ def test_ternary_matmul_matches_reference():
 @pytest.mark.parametrize("N,K", [(8512, 2048), (2048, 4096)])
 def test_gemv_real_shapes_gpu(N, K):
     from ssmquant.kernels.triton.gemm import ternary_matmul
-    from ssmquant.kernels.triton.gemv import gemv
+    from ssmquant.kernels.triton.gemv import gemv, gemv_ref
 
     codes, scale = _ternary(N, K, 128, seed=5, device="cuda")
     w = pack_gemv(codes, scale, 128)
@@ -89,6 +109,15 @@ def test_gemv_real_shapes_gpu(N, K):
     ref = ternary_linear_ref(x, w)
     assert rel_err(gemv(x, w), ref) < 1e-5
     assert rel_err(ternary_matmul(x.repeat(8, 1), w), ref.repeat(8, 1)) < 2e-3
+    # The fused norms as FastDecoder runs them (fp32 activations, residual epilogue), with and without PDL.
+    xf, nw = torch.randn(4, K, device="cuda") * 30, torch.rand(K, device="cuda") + 0.5
+    res = torch.randn(4, N, device="cuda")
+    for norm in ("rms", "gated"):
+        ref = gemv_ref(xf, w, norm=norm, norm_weight=nw, residual=res)
+        for pdl in (False, True):
+            got = gemv(xf, w, norm=norm, norm_weight=nw, residual=res, config=dict(pdl=pdl))
+            err = rel_err(got, ref)
+            assert err < 1e-6, f"{norm} pdl={pdl}: rel err {err:.2e}, max abs diff {(got - ref).abs().max():.3e}"
 
 
 # ------------------------------------------------------------------ 1-bit scaffolds and DF-SSM

@@ -21,11 +21,10 @@ Binary scaffolds (DF-SSM, ``bits=1``): the same layout with 32 one-bit fields pe
 pack blocks of KB = 32 * KW inputs. :class:`GemvLowRankWeight` adds DF-SSM's int8 factors ``U (N, r)``, ``V (r, K)``
 with their per-row scales, untouched (they are tiny).
 
-Decoding a field needs no shift for j <= 10: ``(word & (3 << 2j)) | 0x4B000000`` read as fp32 is
-``2**23 + (code + 1) * 4**j``, exactly; subtracting ``2**23 + 4**j`` leaves ``code * 4**j`` and the activation is
-pre-multiplied by ``4**-j`` (power-of-two scalings, exact). Fields 11..15 do the same on ``word >> 22``. That is
-one integer and two fp32 operations per weight, no int->float conversion instruction (those run at a quarter of the
-fp32 rate on Hopper).
+Decoding (``kernels/triton/gemv.py``): field j masked in place, ``word & (3 << 2j)``, read as fp32 is the denormal
+``(code + 1) * 2**(2j - 149)``, exactly; one FFMA with the activation pre-scaled by a power of two adds
+``(code + 1) * x`` (times a fixed power of two), so a weight costs one integer and one fp32 instruction, with no
+int->float conversion (a quarter of the fp32 rate on Hopper). Fields 11..15 do the same on ``word >> 20``.
 """
 
 from __future__ import annotations

@@ -11,16 +11,33 @@ where ``xn`` is the activation row after an optional fused prologue:
 
 and an optional fused epilogue ``+ res`` (the residual add; ``out`` may be ``res`` itself, updated in place).
 Fusing the norms here saves a kernel each: a kernel boundary costs about 1.1 us even inside a CUDA graph, about
-what a whole ternary GEMV costs at Mamba-2 1.3B shapes. Every program recomputes the norm statistics of its row
-(K values from L2), which is cheap next to its (BN, K) slice of weights.
+what a whole ternary GEMV costs at Mamba-2 1.3B shapes. Every program computes the norm statistics of its row
+itself (see "Norm statistics" below).
 
 Grid: (cdiv(N, BN), M). Each program owns BN output rows of one activation row and reads its whole slice of the
-weight in tiles of (BN, BKW) words. Ternary decoding is described in ``kernels/layout.py``; accumulation is fp32.
-Batch rows are separate programs, so at M > 1 the weights are re-read from L2, not from HBM; for M >= 16 the
-tensor-core GEMM (``gemm.py``) is faster.
+weight in tiles of (BN, BKW) words; accumulation is fp32. Batch rows are separate programs, so at M > 1 the weights
+are re-read from L2, not from HBM; for M >= 16 the tensor-core GEMM (``gemm.py``) is faster.
 
-1-bit fields decode like 2-bit ones (``_field1``): ``2**23 + b * 2**p`` minus ``2**23 + 2**(p - 1)`` is
-``(b - 1/2) * 2**p``, so the sign ``2b - 1`` costs the same three instructions per weight. DF-SSM's correction is
+2-bit decode, two instructions per weight (``kernels/layout.py`` has the word layout). Field j of a word, masked
+in place (one AND), read as fp32 is the *denormal* ``s * 2**(2j - 149)`` (s = code + 1 in {0, 1, 2}); one FFMA
+with the activation pre-scaled by ``2**(149 - XS - 2j)`` adds ``s * x * 2**-XS`` exactly (a power of two times
+x, no int->float conversion, no offset to subtract per weight). Fields 11..15 come from ``word >> 20``. The ``+ 1``
+of the stored codes is removed once per word (minus the sum of its 16 inputs), the group scale once per 4 words,
+and ``2**XS`` (XS = 64 keeps |x| < 2**42 finite and products above fp32's normal range down to |x| ~ 2**-62) in
+the epilogue. fp32 FMA on NVIDIA GPUs keeps denormal operands (Triton emits ``fma.rn.f32``, not ``.ftz``).
+The previous decode (magic number 2**23 in the exponent, then a subtraction) took three instructions per weight
+and, with its bookkeeping, 7-8 SASS instructions per weight against 3.6 here (sm_90, in_proj of 1.3B).
+
+Norm statistics: with a single norm group (``rms``, or ``gated`` with ngroups = 1) each program sums x**2 over
+the activations it loads anyway for its products and applies the inverse rms in the epilogue (the norm is a scalar
+per row, so it commutes with the product); there is no separate pass over the row. With several groups the
+statistics are computed first, in a prologue (as the 1-bit and dense paths do).
+
+Tiles: one warp per 128 words of a row (``BKW = 128 * num_warps``) gives the (1, BKW) activation rows the weight
+tile's own register layout (4 words per thread), so no layout conversions; each thread holds BN rows.
+
+1-bit fields keep the magic-number decode (``_field1``): ``2**23 + b * 2**p`` minus ``2**23 + 2**(p - 1)`` is
+``(b - 1/2) * 2**p``, so the sign ``2b - 1`` costs three instructions per weight. DF-SSM's correction is
 ``U (V xn)``: ``t = (V xn) * v_scale`` is this kernel on the dense int8 ``V`` with row scales (a launch of r rows),
 and the scaffold launch adds ``u_scale * (U t)`` in its epilogue (U's rows load with the weights).
 
@@ -47,26 +64,20 @@ _NORMS = {None: 0, "rms": 1, "gated": 2}
 
 
 @triton.jit
+def _lt(i, n, EVEN: tl.constexpr):
+    """``i < n``; all-true when EVEN (no partial tiles): a constant mask lets the loads vectorize (16 B)."""
+    if EVEN:
+        return tl.full(i.shape, 1, tl.int1)
+    return i < n
+
+
+@triton.jit
 def _xload(xrow, nw_ptr, k, mask, r, NORM: tl.constexpr):
     """Activations at inputs ``k`` after the fused norm (``r``: the row's or the columns' inverse rms)."""
     v = tl.load(xrow + k, mask=mask, other=0.0).to(tl.float32)
     if NORM != 0:
         v = v * tl.load(nw_ptr + k, mask=mask, other=0.0) * r
     return v
-
-
-@triton.jit
-def _field(words, whi, xj, J: tl.constexpr):
-    """code_J * x_J for bit field J of every word: (code + 1) * 4**jj sits in the mantissa of 2**23, so the decode
-    is exact integer arithmetic in fp32 and needs no int->float conversion."""
-    if J < 11:
-        f = ((words & (3 << (2 * J))) | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + (1 << (2 * J)))
-        xs = xj * (1.0 / (1 << (2 * J)))
-    else:
-        f = ((whi & (3 << (2 * (J - 11)))) | 0x4B000000).to(tl.float32, bitcast=True) - \
-            (8388608.0 + (1 << (2 * (J - 11))))
-        xs = xj * (1.0 / (1 << (2 * (J - 11))))
-    return f * xs[None, :]
 
 
 @triton.jit
@@ -84,11 +95,12 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
                  NORM: tl.constexpr, NORM_GS: tl.constexpr, NORM_NG: tl.constexpr, NG_P2: tl.constexpr,
                  ADD_RES: tl.constexpr, BN: tl.constexpr, BKW: tl.constexpr, BK_NORM: tl.constexpr,
                  ROW_SCALE: tl.constexpr, PDL: tl.constexpr, BITS: tl.constexpr, LOWRANK: tl.constexpr,
-                 RP: tl.constexpr):
+                 RP: tl.constexpr, STATS: tl.constexpr, EVEN: tl.constexpr = False, SUBW: tl.constexpr = 1,
+                 XS: tl.constexpr = 64):
     pid_n = tl.program_id(0)
     m = tl.program_id(1)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    nmask = offs_n < N
+    nmask = _lt(offs_n, N, EVEN)
     xrow = x_ptr + m * stride_xm
     F: tl.constexpr = 32 // BITS
     KB: tl.constexpr = KW * F
@@ -103,7 +115,7 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
         # Issue the first weight tile before the norm prologue, so HBM latency overlaps the statistics.
         cols = tl.arange(0, BKW)
         words = tl.load(w_ptr + offs_n[:, None] * stride_wn + cols[None, :],
-                        mask=nmask[:, None] & (cols < KWT)[None, :], other=0)
+                        mask=nmask[:, None] & _lt(cols, KWT, EVEN)[None, :], other=0)
     if ROW_SCALE:
         rs = tl.load(s_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
     if PDL:
@@ -113,14 +125,14 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
 
     # ---- prologue: norm statistics of this activation row ----
     r = 1.0
-    if NORM == 1:
+    if NORM == 1 and not STATS:
         ss = tl.zeros([BK_NORM], tl.float32)
         for k0 in range(0, K, BK_NORM):
             kk = k0 + tl.arange(0, BK_NORM)
             v = tl.load(xrow + kk, mask=kk < K, other=0.0).to(tl.float32)
             ss += v * v
         r = tl.rsqrt(tl.sum(ss, 0) / K + eps)
-    if NORM == 2:
+    if NORM == 2 and not STATS:
         gg = tl.arange(0, NG_P2)
         ss2 = tl.zeros([NG_P2, BK_NORM], tl.float32)
         for k0 in range(0, NORM_GS, BK_NORM):
@@ -157,57 +169,52 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
             words = tl.load(w_ptr + offs_n[:, None] * stride_wn + nxt[None, :],
                             mask=nmask[:, None] & (nxt < KWT)[None, :], other=0)
     elif TERNARY:
+        # Denormal decode (module docstring): 2 instructions per weight, AND + FFMA. ``t`` sums
+        # (code + 1) * x * 2**-XS over a word's 16 inputs; ``xsum`` the same inputs' x * 2**-XS, subtracted per word.
+        # Activations are handled as (1, BKW) rows of the weight tile's layout (no layout conversions when BKW is
+        # 128 * num_warps: one row of words per warp-wide 16-byte load). A thread's SUBW adjacent words lie in one
+        # pack block, so they are summed before the scale is applied: one scale load per SUBW words.
+        acc4 = tl.zeros([BN, BKW // SUBW], tl.float32)
+        if STATS:
+            ss = tl.zeros([1, BKW], tl.float32)
         for c0 in range(0, KWT, BKW):
-            cols = c0 + tl.arange(0, BKW)
-            cmask = cols < KWT
-            kstart = (cols // KW) * KB                                      # first input of each word's block
-            kbase = kstart + cols % KW                                      # input of field 0
-            sc = tl.load(s_ptr + offs_n[:, None] * stride_sn + (kstart // G)[None, :],
-                         mask=nmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
-            # Inverse rms per column (gated norm: of each column's group), defined fresh in each iteration.
-            if NORM == 2:
-                rv = tl.sum(tl.where(gg[:, None] == (kstart // NORM_GS)[None, :], rg[:, None], 0.0), 0)
+            cc = c0 + tl.arange(0, BKW)[None, :]                            # (1, BKW)
+            cmask = _lt(cc, KWT, EVEN)
+            kbase = (cc // KW) * KB + cc % KW                               # input of field 0
+            if NORM == 2 and not STATS:
+                rv = tl.sum(tl.where(gg[:, None] == (cc // KW) * KB // NORM_GS, rg[:, None], 0.0), 0)[None, :]
             else:
-                rv = r
-            # All 16 activation slices are loaded before any is used: their L2 latencies overlap.
-            x0 = _xload(xrow, nw_ptr, kbase + 0 * KW, cmask, rv, NORM)
-            x1 = _xload(xrow, nw_ptr, kbase + 1 * KW, cmask, rv, NORM)
-            x2 = _xload(xrow, nw_ptr, kbase + 2 * KW, cmask, rv, NORM)
-            x3 = _xload(xrow, nw_ptr, kbase + 3 * KW, cmask, rv, NORM)
-            x4 = _xload(xrow, nw_ptr, kbase + 4 * KW, cmask, rv, NORM)
-            x5 = _xload(xrow, nw_ptr, kbase + 5 * KW, cmask, rv, NORM)
-            x6 = _xload(xrow, nw_ptr, kbase + 6 * KW, cmask, rv, NORM)
-            x7 = _xload(xrow, nw_ptr, kbase + 7 * KW, cmask, rv, NORM)
-            x8 = _xload(xrow, nw_ptr, kbase + 8 * KW, cmask, rv, NORM)
-            x9 = _xload(xrow, nw_ptr, kbase + 9 * KW, cmask, rv, NORM)
-            x10 = _xload(xrow, nw_ptr, kbase + 10 * KW, cmask, rv, NORM)
-            x11 = _xload(xrow, nw_ptr, kbase + 11 * KW, cmask, rv, NORM)
-            x12 = _xload(xrow, nw_ptr, kbase + 12 * KW, cmask, rv, NORM)
-            x13 = _xload(xrow, nw_ptr, kbase + 13 * KW, cmask, rv, NORM)
-            x14 = _xload(xrow, nw_ptr, kbase + 14 * KW, cmask, rv, NORM)
-            x15 = _xload(xrow, nw_ptr, kbase + 15 * KW, cmask, rv, NORM)
-            whi = words >> 22
-            t = (_field(words, whi, x0, 0) +
-                 _field(words, whi, x1, 1) +
-                 _field(words, whi, x2, 2) +
-                 _field(words, whi, x3, 3) +
-                 _field(words, whi, x4, 4) +
-                 _field(words, whi, x5, 5) +
-                 _field(words, whi, x6, 6) +
-                 _field(words, whi, x7, 7) +
-                 _field(words, whi, x8, 8) +
-                 _field(words, whi, x9, 9) +
-                 _field(words, whi, x10, 10) +
-                 _field(words, whi, x11, 11) +
-                 _field(words, whi, x12, 12) +
-                 _field(words, whi, x13, 13) +
-                 _field(words, whi, x14, 14) +
-                 _field(words, whi, x15, 15))
-            acc += t * sc
+                rv = 1.0
+            whi = (words.to(tl.uint32, bitcast=True) >> 20).to(tl.int32, bitcast=True)    # fields 11..15 at 1..5
+            xsum = tl.zeros([1, BKW], tl.float32)
+            t = tl.zeros([BN, BKW], tl.float32)
+            for j in tl.static_range(16):
+                v = tl.load(xrow + kbase + j * KW, mask=cmask, other=0.0).to(tl.float32)
+                if STATS:
+                    ss += v * v
+                    v = v * tl.load(nw_ptr + kbase + j * KW, mask=cmask, other=0.0)
+                elif NORM != 0:
+                    v = v * tl.load(nw_ptr + kbase + j * KW, mask=cmask, other=0.0) * rv
+                xsum += v
+                if j < 11:
+                    f = (words & (3 << (2 * j))).to(tl.float32, bitcast=True)
+                    t += f * (v * (2.0 ** (149 - XS - 2 * j)))
+                else:
+                    f = (whi & (3 << (2 * (j - 10)))).to(tl.float32, bitcast=True)
+                    t += f * (v * (2.0 ** (149 - XS - 2 * (j - 10))))
+            t4 = tl.sum(tl.reshape(t, [BN, BKW // SUBW, SUBW]), 2)            # (BN, BKW / SUBW)
+            x4 = tl.sum(tl.reshape(xsum, [1, BKW // SUBW, SUBW]), 2)          # (1, BKW / SUBW)
+            c4 = c0 + tl.arange(0, BKW // SUBW)[None, :] * SUBW              # first word of each group
+            sc = tl.load(s_ptr + offs_n[:, None] * stride_sn + (c4 // KW) * KB // G,
+                         mask=nmask[:, None] & _lt(c4, KWT, EVEN), other=0.0).to(tl.float32)
+            acc4 += (t4 - x4 * (2.0 ** -XS)) * sc
             # Prefetch the next weight tile (fully masked after the last).
-            nxt = cols + BKW
-            words = tl.load(w_ptr + offs_n[:, None] * stride_wn + nxt[None, :],
-                            mask=nmask[:, None] & (nxt < KWT)[None, :], other=0)
+            nxt = cc + BKW
+            words = tl.load(w_ptr + offs_n[:, None] * stride_wn + nxt,
+                            mask=nmask[:, None] & _lt(nxt, KWT, EVEN) & (cc * 0 + c0 + BKW < KWT), other=0)
+        if STATS:
+            r = tl.rsqrt(tl.sum(tl.sum(ss, 1), 0) / K + eps)
+        r = r * (2.0 ** XS)
     else:
         for k0 in range(0, K, BKW):
             kk = k0 + tl.arange(0, BKW)
@@ -220,7 +227,10 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
                 rv = r
             acc += w * _xload(xrow, nw_ptr, kk, kmask, rv, NORM)[None, :]
 
-    out = tl.sum(acc, 1)
+    if TERNARY and BITS == 2:
+        out = tl.sum(acc4, 1) * r
+    else:
+        out = tl.sum(acc, 1)
     if ROW_SCALE:
         out = out * rs
     if LOWRANK:
@@ -242,13 +252,13 @@ def default_config(N: int, K: int, ternary: bool, bits: int = 2) -> dict:
         # than for 2-bit (SASS for sm_90: 6.8 instructions per weight at 32 x 64 words, 9.2 at 16 x 64).
         return dict(BN=32, BKW=min(triton.next_power_of_2(K // 32), 64), num_warps=4)
     if ternary:
-        kwt = K * bits // 32
-        bkw = min(triton.next_power_of_2(kwt), 256)
-        # About 32K weights per program. Alone, in_proj (2048 -> 8512) is as fast at BN=8 (6.95-7.06 us vs 7.32 us,
-        # H100 with PDL), but in decode every program also recomputes its row's norm statistics, and 1.3B decode
-        # measured 1.035 ms/token at BN=16 vs 1.127 at BN=8 (benchmarks/RESULTS.md).
-        bn = max(4, min(64, 2048 // bkw))
-        return dict(BN=bn, BKW=bkw, num_warps=4)
+        # 8 rows x 4 words per thread, one warp per 128 words of a row (the activation rows then share the weight
+        # tile's register layout): the whole slice is loaded at once. SASS for sm_90 (in_proj 2048 -> 8512): 3.6
+        # instructions per weight in 160 registers. The cap matters: without one ptxas spills, with 255 it takes
+        # 242 registers, 8 warps per SM, and in_proj's 1064 warps need a second wave (5.96 us on H100).
+        kwt = K // 16
+        bkw = 256 if kwt >= 256 else min(128, triton.next_power_of_2(kwt))
+        return dict(BN=8, BKW=bkw, num_warps=max(1, bkw // 128), maxnreg=168)
     # Measured on H100 (benchmarks/gpu_inference.py --sweep): 4 rows per program for the projections, 8 for the head.
     return dict(BN=4 if N < 16384 else 8, BKW=512 if K >= 512 else triton.next_power_of_2(K), num_warps=4)
 
@@ -329,7 +339,10 @@ def gemv(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch
         G=G, KW=KW, TERNARY=ternary, NORM=_NORMS[norm], NORM_GS=gs, NORM_NG=ng,
         NG_P2=triton.next_power_of_2(ng), ADD_RES=residual is not None, BN=cfg["BN"], BKW=cfg["BKW"],
         BK_NORM=min(1024, triton.next_power_of_2(gs)), ROW_SCALE=row_scale is not None, PDL=pdl, BITS=bits,
-        LOWRANK=R > 0, RP=triton.next_power_of_2(max(R, 1)), num_warps=cfg["num_warps"],
+        LOWRANK=R > 0, RP=triton.next_power_of_2(max(R, 1)), **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
+        STATS=ternary and bits == 2 and norm is not None and ng == 1,
+        EVEN=ternary and bits == 2 and N % cfg["BN"] == 0 and (K // 16) % cfg["BKW"] == 0,
+        SUBW=min(4, KW, cfg["BKW"]), num_warps=cfg["num_warps"],
         **({"launch_pdl": True} if pdl else {}))
     return out
 
