@@ -40,3 +40,20 @@ def test_fused_conv_matches_reference(b, l, c, k, dtype):
 @pytest.mark.gpu
 def test_gpu_fused_conv_1p3b_shape():
     _check(2, 2048, 4096 + 2 * 128, 4, torch.bfloat16, 1e-2)
+
+
+@pytest.mark.parametrize("l", [37, 2])
+def test_fused_conv_with_initial_window(l):
+    """A continued sequence: the k - 1 inputs before x come from a strided window (the cache's conv_states[..., 1:])
+    instead of zeros; equals the reference over [window, x] cut to x's positions. Also l < k - 1."""
+    from ssmquant.kernels.triton.conv1d import causal_conv1d_silu
+
+    b, c, k = 2, 24, 4
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(b, l, c + 8, generator=g).to(DEVICE)[:, :, :c]
+    states = torch.randn(b, c, k, generator=g).to(DEVICE)
+    w, bias = torch.randn(c, 1, k, generator=g).to(DEVICE) * 0.5, torch.randn(c, generator=g).to(DEVICE) * 0.1
+    out = causal_conv1d_silu(x, w, bias, states[:, :, 1:])
+    ref = causal_conv1d_silu_ref(torch.cat([states[:, :, 1:].transpose(1, 2), x], 1), w, bias)[:, k - 1:]
+    assert rel_err(out, ref) < 1e-5, f"rel err {rel_err(out, ref):.2e}"
+    assert rel_err(out, causal_conv1d_silu(x, w, bias)) > 1e-3     # the window matters

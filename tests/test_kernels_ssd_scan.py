@@ -248,3 +248,25 @@ def test_gpu_cuda_graph_blocks_train_like_eager():
     assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-5), runs
     worst = max(runs[False][1], key=lambda n: rel_err(runs[True][1][n], runs[False][1][n]))
     assert rel_err(runs[True][1][worst], runs[False][1][worst]) < 1e-4, worst
+
+
+@pytest.mark.parametrize("ngroups,dtype", [(1, torch.float32), (2, torch.float32), (1, torch.float16)])
+def test_skip_D_fused_values_and_gradients(ngroups, dtype):
+    """``D`` given: y includes D_h x (the mixer's ``y + x * D``), with gradients for x and D; 16-bit inputs too."""
+    from ssmquant.kernels.triton.ssd_scan import ssd_chunk_scan
+    from ssmquant.model.dispatch import _reference_scan
+
+    leaves = _leaves(g=ngroups, dtype=dtype, seed=7)
+    D = (torch.randn(4, generator=torch.Generator().manual_seed(8)) + 1).to(DEVICE).requires_grad_(True)
+    gy = torch.randn(leaves[0].shape, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    res = []
+    for fn in (_reference_scan, ssd_chunk_scan):
+        y, s = fn(*leaves[:5], 16, initial_state=leaves[5], D=D)
+        ((y.float() * gy).sum() + s.sum()).backward()
+        res.append([y.detach(), s.detach()] + [t.grad.clone() for t in (*leaves, D)])
+        for t in (*leaves, D):
+            t.grad = None
+    tol = FP32_TOL if dtype == torch.float32 else 2e-2
+    for name, a, r in zip(("y", "final") + NAMES + ("D",), res[1], res[0]):
+        assert rel_err(a, r) < tol, f"{name}: rel err {rel_err(a, r):.2e}"
+    assert rel_err(res[1][0], ssd_chunk_scan(*leaves[:5], 16, initial_state=leaves[5])[0].detach()) > 1e-2

@@ -30,6 +30,8 @@ import functools
 import os
 from collections.abc import Callable
 
+import torch
+
 from . import ops, ssd
 
 
@@ -63,30 +65,44 @@ def _triton_ok(chunk_size: int) -> bool:
     return chunk_size >= 16 and chunk_size & (chunk_size - 1) == 0
 
 
-def _auto_scan(x, dt, A, B, C, chunk_size, initial_state=None):
+def _with_skip(scan: Callable) -> Callable:
+    """A scan without Mamba-2's D skip -> one taking ``D``: y + x * D added after (the mixer's former code)."""
+
+    def scan_d(x, dt, A, B, C, chunk_size, initial_state=None, D=None):
+        y, final = scan(x, dt, A, B, C, chunk_size, initial_state=initial_state)
+        return (y if D is None else y + x * D.to(x.dtype)[:, None]), final
+
+    return scan_d
+
+
+_reference_scan = _with_skip(ssd.ssd_chunked)
+
+
+def _auto_scan(x, dt, A, B, C, chunk_size, initial_state=None, D=None):
     if x.is_cuda and _triton_ok(chunk_size) and _triton_scan() is not None:
-        return _triton_scan()(x, dt, A, B, C, chunk_size, initial_state=initial_state)
-    return ssd.ssd_chunked(x, dt, A, B, C, chunk_size, initial_state=initial_state)
+        return _triton_scan()(x, dt, A, B, C, chunk_size, initial_state=initial_state, D=D)
+    return _reference_scan(x, dt, A, B, C, chunk_size, initial_state=initial_state, D=D)
 
 
-def _forced_triton_scan(x, dt, A, B, C, chunk_size, initial_state=None):
+def _forced_triton_scan(x, dt, A, B, C, chunk_size, initial_state=None, D=None):
     scan = _triton_scan()
     if scan is None:
         raise RuntimeError("scan backend 'triton' needs the triton package; use 'auto' or 'torch'")
-    return scan(x, dt, A, B, C, chunk_size, initial_state=initial_state)
+    return scan(x, dt, A, B, C, chunk_size, initial_state=initial_state, D=D)
 
 
 _BACKENDS: dict[str, tuple[Callable, Callable]] = {
     "auto": (_auto_scan, ssd.ssd_step),
-    "torch": (ssd.ssd_chunked, ssd.ssd_step),
+    "torch": (_reference_scan, ssd.ssd_step),
     "triton": (_forced_triton_scan, ssd.ssd_step),
 }
 _current = os.environ.get("SSMQUANT_SCAN", "auto")
 
 
 def register_backend(name: str, scan: Callable, step: Callable) -> None:
-    """``scan(x, dt, A, B, C, chunk_size, initial_state) -> (y, final_state)``; ``step(x, dt, A, B, C, state) -> y``."""
-    _BACKENDS[name] = (scan, step)
+    """``scan(x, dt, A, B, C, chunk_size, initial_state) -> (y, final_state)``; ``step(x, dt, A, B, C, state) -> y``.
+    The D skip is added after ``scan``."""
+    _BACKENDS[name] = (_with_skip(scan), step)
 
 
 def set_backend(name: str) -> None:
@@ -100,8 +116,10 @@ def get_backend() -> str:
     return _current
 
 
-def ssd_scan(x, dt, A, B, C, *, chunk_size: int, initial_state=None):
-    return _BACKENDS[_current][0](x, dt, A, B, C, chunk_size, initial_state=initial_state)
+def ssd_scan(x, dt, A, B, C, *, chunk_size: int, initial_state=None, D=None):
+    """``ssd.ssd_chunked``'s contract; with ``D`` (h,), y includes Mamba-2's skip ``D_h x`` (fused into the Triton
+    scan's last kernel, added after the others)."""
+    return _BACKENDS[_current][0](x, dt, A, B, C, chunk_size, initial_state=initial_state, D=D)
 
 
 def ssd_step(x, dt, A, B, C, state):
@@ -116,9 +134,15 @@ def rms_norm(x, weight, eps: float, *, z=None, group_size: int | None = None, ou
     return ops.rms_norm_ref(x, weight, eps, z=z, group_size=group_size, out_dtype=out_dtype)
 
 
-def causal_conv1d_silu(x, weight, bias):
-    """``ops.causal_conv1d_silu_ref``'s contract: x (b, l, c) -> silu(causal depthwise conv) (b, l, c)."""
+def causal_conv1d_silu(x, weight, bias, initial=None):
+    """``ops.causal_conv1d_silu_ref``'s contract: x (b, l, c) -> silu(causal depthwise conv) (b, l, c).
+
+    ``initial`` (b, c, k - 1): the inputs before x (a continued sequence), zeros when None; forward only."""
     fused = _fused("conv1d", x)
     if fused is not None and fused.supported(x):
-        return fused.causal_conv1d_silu(x, weight, bias)
-    return ops.causal_conv1d_silu_ref(x, weight, bias)
+        return fused.causal_conv1d_silu(x, weight, bias, initial)
+    if initial is None:
+        return ops.causal_conv1d_silu_ref(x, weight, bias)
+    k1 = initial.shape[-1]
+    full = torch.cat([initial.transpose(1, 2).to(x.dtype), x], dim=1)             # (b, k - 1 + l, c)
+    return ops.causal_conv1d_silu_ref(full, weight, bias)[:, k1:]

@@ -85,22 +85,17 @@ class Mamba2Mixer(nn.Module):
             return self._step(u, cache)
         cfg = self.cfg
         b, l, _ = u.shape
-        z, xBC, dt = torch.split(self.in_proj(u), self._split, dim=-1)
-        xBC_in = xBC.transpose(1, 2)                                        # (b, conv_dim, l)
-        if cache is not None and cache.seqlen_offset > 0:
-            # Continue a sequence: the conv sees the cached last (k - 1) inputs before this segment.
-            prev = cache.conv_states[self.layer_idx][:, :, 1:].to(xBC_in.dtype)
-            full = torch.cat([prev, xBC_in], dim=-1)
-            conv = F.conv1d(full, self.conv1d.weight, self.conv1d.bias, groups=cfg.conv_dim)
-            xBC = F.silu(conv).transpose(1, 2)                              # (b, l, e + 2gn)
-        else:
-            full = xBC_in
-            xBC = dispatch.causal_conv1d_silu(xBC, self.conv1d.weight, self.conv1d.bias)  # (b, l, e + 2gn)
+        z, xBC_in, dt = torch.split(self.in_proj(u), self._split, dim=-1)
+        # Continuing a sequence, the conv sees the cached last (k - 1) inputs before this segment; else zeros.
+        prev = cache.conv_states[self.layer_idx][:, :, 1:] if cache is not None and cache.seqlen_offset > 0 else None
+        xBC = dispatch.causal_conv1d_silu(xBC_in, self.conv1d.weight, self.conv1d.bias, prev)  # (b, l, e + 2gn)
         if cache is not None:
+            # The new window: the last k inputs of [prev (or zeros), this segment], (b, conv_dim, k).
             k = cfg.d_conv
-            tail = full[..., -k:]
-            if tail.shape[-1] < k:
-                tail = F.pad(tail, (k - tail.shape[-1], 0))
+            tail = xBC_in[:, -k:].transpose(1, 2)
+            if l < k:
+                before = prev if prev is not None else tail.new_zeros(b, tail.shape[1], k - 1)
+                tail = torch.cat([before.to(tail.dtype), tail], dim=-1)[..., -k:]
             cache.conv_states[self.layer_idx].copy_(tail)
         x, B, C = torch.split(xBC, self._xbc_split, dim=-1)
         h, p, g, n = cfg.nheads, cfg.headdim, cfg.ngroups, cfg.d_state
@@ -109,10 +104,9 @@ class Mamba2Mixer(nn.Module):
         x = x.reshape(b, l, h, p)
         init = cache.ssm_states[self.layer_idx] if cache is not None and cache.seqlen_offset > 0 else None
         y, final = dispatch.ssd_scan(x, dt, A, B.reshape(b, l, g, n), C.reshape(b, l, g, n),
-                                     chunk_size=cfg.chunk_size, initial_state=init)
+                                     chunk_size=cfg.chunk_size, initial_state=init, D=self.D)  # y + D x
         if cache is not None:
             cache.ssm_states[self.layer_idx].copy_(final)
-        y = y + x * self.D.to(x.dtype)[:, None]
         y = self.norm(y.reshape(b, l, h * p), z)
         return self.out_proj(y)
 
@@ -151,7 +145,11 @@ class Mamba2Block(nn.Module):
 
         Called as a module (not by reaching into ``norm`` / ``mixer``) so wrappers such as FSDP2 see each block.
         """
-        return residual + self.mixer(self.norm(residual, out_dtype=dtype), cache).to(residual.dtype)
+        out = self.mixer(self.norm(residual, out_dtype=dtype), cache)
+        if torch.promote_types(out.dtype, residual.dtype) != residual.dtype:
+            out = out.to(residual.dtype)
+        # An fp16 / bf16 branch added to an fp32 residual converts on the fly: one kernel, no fp32 copy of it.
+        return residual + out
 
 
 class Mamba2Backbone(nn.Module):

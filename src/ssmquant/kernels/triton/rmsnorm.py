@@ -7,7 +7,8 @@ Mirrors ``ssmquant.model.mamba2.RMSNorm`` / ``GatedRMSNorm`` (mamba-ssm's ``RMSN
 norm_before_gate=False); the PyTorch reference is ``ssmquant.model.ops.rms_norm_ref``, used off the GPU. In
 PyTorch each norm is ~10 elementwise kernels forward and ~20 backward over fp32 copies of the activations; here a
 program reads a row's groups once and writes the output once, and the backward recomputes h and the group rms
-from x and z (nothing saved but the inputs).
+from x and z (nothing saved but the inputs). x and z may be row-strided views (z is a slice of the in_proj output),
+read in place.
 
 Backward, per group with r = rsqrt(mean(h^2) + eps), hn = h * r, g = dout * weight:
     dh = r * (g - hn * mean(hn * g));  dweight = sum_rows dout * hn
@@ -23,16 +24,18 @@ import triton.language as tl
 
 
 @triton.jit
-def _rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rows, D, eps, GS: tl.constexpr, BR: tl.constexpr,
+def _rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rows, D, s_x, s_z, eps, GS: tl.constexpr, BR: tl.constexpr,
                          NG: tl.constexpr, HAS_Z: tl.constexpr):
-    """BR rows per program, each row as NG groups of GS: tiles (BR, NG, GS)."""
+    """BR rows per program, each row as NG groups of GS: tiles (BR, NG, GS). x, z rows at strides s_x, s_z (a slice
+    of a wider tensor is read in place); out contiguous."""
     r = tl.program_id(0) * BR + tl.arange(0, BR)
     col = tl.arange(0, NG)[:, None] * GS + tl.arange(0, GS)[None, :]         # (NG, GS)
     m = (r < rows)[:, None, None]
-    off = r.to(tl.int64)[:, None, None] * D + col[None, :, :]
-    h = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+    r64 = r.to(tl.int64)[:, None, None]
+    off = r64 * D + col[None, :, :]
+    h = tl.load(x_ptr + r64 * s_x + col[None, :, :], mask=m, other=0.0).to(tl.float32)
     if HAS_Z:
-        z = tl.load(z_ptr + off, mask=m, other=0.0).to(tl.float32)
+        z = tl.load(z_ptr + r64 * s_z + col[None, :, :], mask=m, other=0.0).to(tl.float32)
         h = h * z * tl.sigmoid(z)
     rstd = 1.0 / tl.sqrt(tl.sum(h * h, axis=2) / GS + eps)                  # (BR, NG)
     w = tl.load(w_ptr + col).to(tl.float32)
@@ -40,7 +43,7 @@ def _rms_norm_fwd_kernel(x_ptr, z_ptr, w_ptr, out_ptr, rows, D, eps, GS: tl.cons
 
 
 @triton.jit
-def _rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, do_ptr, dx_ptr, dz_ptr, dw_ptr, rows, D, eps, rows_per_prog,
+def _rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, do_ptr, dx_ptr, dz_ptr, dw_ptr, rows, D, s_x, s_z, eps, rows_per_prog,
                          GS: tl.constexpr, BR: tl.constexpr, NG: tl.constexpr, HAS_Z: tl.constexpr):
     """Rows [pid * rows_per_prog, ...) in tiles of BR; dw_ptr: (programs, D) fp32 partial sums."""
     pid = tl.program_id(0)
@@ -51,10 +54,11 @@ def _rms_norm_bwd_kernel(x_ptr, z_ptr, w_ptr, do_ptr, dx_ptr, dz_ptr, dw_ptr, ro
     for r0 in range(start, start + rows_per_prog, BR):
         r = r0 + tl.arange(0, BR)
         m = ((r < rows) & (r < start + rows_per_prog))[:, None, None]
-        off = r.to(tl.int64)[:, None, None] * D + col[None, :, :]
-        x = tl.load(x_ptr + off, mask=m, other=0.0).to(tl.float32)
+        r64 = r.to(tl.int64)[:, None, None]
+        off = r64 * D + col[None, :, :]
+        x = tl.load(x_ptr + r64 * s_x + col[None, :, :], mask=m, other=0.0).to(tl.float32)
         if HAS_Z:
-            z = tl.load(z_ptr + off, mask=m, other=0.0).to(tl.float32)
+            z = tl.load(z_ptr + r64 * s_z + col[None, :, :], mask=m, other=0.0).to(tl.float32)
             sz = tl.sigmoid(z)
             h = x * z * sz
         else:
@@ -78,18 +82,26 @@ def _tiles(D: int, GS: int) -> tuple[int, int]:
     return max(1, 4096 // D), 8 if D >= 2048 else 4
 
 
+def _rows(t: torch.Tensor, D: int) -> torch.Tensor:
+    """t (..., D) as (rows, D) with unit column stride, a view where one exists (e.g. Mamba-2's z, a slice of the
+    in_proj output: no copy), else a contiguous copy."""
+    t2 = t.reshape(-1, D)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, z, eps: float, group_size: int, out_dtype):
         shape = x.shape
         D = shape[-1]
-        x2 = x.reshape(-1, D).contiguous()
-        z2 = z.reshape(-1, D).contiguous() if z is not None else None
+        x2 = _rows(x, D)
+        z2 = _rows(z, D) if z is not None else None
         rows = x2.shape[0]
         out = torch.empty(rows, D, device=x.device, dtype=out_dtype)
         BR, warps = _tiles(D, group_size)
-        _rms_norm_fwd_kernel[(triton.cdiv(rows, BR),)](x2, z2 if z2 is not None else x2, weight, out, rows, D, eps,
-                                                       GS=group_size, BR=BR, NG=D // group_size,
+        zz = z2 if z2 is not None else x2
+        _rms_norm_fwd_kernel[(triton.cdiv(rows, BR),)](x2, zz, weight, out, rows, D, x2.stride(0), zz.stride(0),
+                                                       eps, GS=group_size, BR=BR, NG=D // group_size,
                                                        HAS_Z=z is not None, num_warps=warps)
         ctx.save_for_backward(x2, z2, weight)
         ctx.eps, ctx.group_size, ctx.shape = eps, group_size, shape
@@ -108,8 +120,9 @@ class _RMSNorm(torch.autograd.Function):
         dx = torch.empty(rows, D, device=x2.device, dtype=ctx.x_dtype)
         dz = torch.empty(rows, D, device=x2.device, dtype=ctx.z_dtype) if z2 is not None else None
         dw = torch.empty(programs, D, device=x2.device, dtype=torch.float32)
-        _rms_norm_bwd_kernel[(programs,)](x2, z2 if z2 is not None else x2, weight, do, dx,
-                                          dz if dz is not None else dx, dw, rows, D, ctx.eps, rows_per_prog,
+        zz = z2 if z2 is not None else x2
+        _rms_norm_bwd_kernel[(programs,)](x2, zz, weight, do, dx, dz if dz is not None else dx, dw, rows, D,
+                                          x2.stride(0), zz.stride(0), ctx.eps, rows_per_prog,
                                           GS=ctx.group_size, BR=BR, NG=D // ctx.group_size,
                                           HAS_Z=z2 is not None, num_warps=warps)
         dz = dz.view(ctx.shape) if dz is not None else None
