@@ -208,6 +208,7 @@ def _best(row: dict, prefix: str, fn, configs, reps: int, nbytes: int, peak: flo
         except Exception as e:  # a tile config that does not compile is skipped, not fatal
             row.setdefault("errors", []).append(f"{prefix} {c}: {type(e).__name__}: {e}"[:300])
             continue
+        row.setdefault(f"{prefix}_sweep_us", {})[str(c or "default")] = us
         if c is None:
             row[f"{prefix}_default_us"] = us
         if best is None or us < best[0]:
@@ -256,8 +257,10 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
                 row[f"{key}_rel_err"] = ((gemv(x, ws[-1]) - ref).norm() / ref.norm()).item()
             configs = [None]
             if cfg.sweep:
+                # One warp per 128 words of a row (gemv.default_config); rows per thread = BN.
                 kwt = K // 16
-                configs += [dict(BN=bn, BKW=min(kwt, 256), num_warps=nw) for bn in (4, 8, 16) for nw in (2, 4)]
+                configs += [dict(BN=bn, BKW=bkw, num_warps=max(1, bkw // 128), maxnreg=mr)
+                            for bkw in sorted({min(kwt, 128), min(kwt, 256)}) for bn in (4, 8, 16) for mr in (128, 168)]
             _best(row, "ternary", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in tern], configs,
                   cfg.reps, tern[0].nbytes() + io, peak)
             best_c = row.get("ternary_config") if row.get("ternary_config") != "default" else None
@@ -316,8 +319,9 @@ class PrefillBenchConfig:
 
 @torch.no_grad()
 def bench_prefill(cfg: PrefillBenchConfig) -> dict:
-    """Prompt processing (forward with cache, last logits) of the ternary model on Triton GEMMs vs the fp16 model."""
-    from ..kernels.prefill import prefill_model
+    """Prompt processing (forward with cache, last logits) of the ternary model on the prefill path vs the fp16
+    model; each eager and replayed from a CUDA graph."""
+    from ..kernels.prefill import GraphedPrefill, prefill_model
     from .models import random_model, to_ternary_
 
     ids = torch.randint(0, 50277, (cfg.batch, cfg.seqlen), device="cuda")
@@ -326,13 +330,36 @@ def bench_prefill(cfg: PrefillBenchConfig) -> dict:
 
     def run(m):
         cache = m.allocate_cache(cfg.batch)
-        return lambda: m(ids, cache, logits_to_keep=1)
+
+        def prefill():
+            # A fresh prompt each repetition: offset 0 makes the forward overwrite the cache's states (without the
+            # reset, every timed call after the warm-up would continue the previous one's sequence instead).
+            cache.seqlen_offset = 0
+            return m(ids, cache, logits_to_keep=1)
+        return prefill
+
+    def graphed_ms(m):
+        # The same prefill replayed from one CUDA graph (``GraphedPrefill``): no host overhead per kernel.
+        gp = GraphedPrefill(m, cfg.batch, cfg.seqlen)
+        ms = statistics.median(_events_ms(lambda: gp(ids), cfg.reps, 1))
+        logits = gp(ids).float().clone()
+        del gp
+        torch.cuda.empty_cache()
+        return ms, logits
 
     fp16_ms = statistics.median(_events_ms(run(model), cfg.reps, 1))
+    fp16_graph_ms, _ = graphed_ms(model)
     to_ternary_(model, cfg.group_size)
     fast = prefill_model(model)
     tern_ms = statistics.median(_events_ms(run(fast), cfg.reps, 1))
+    tern_graph_ms, graph_logits = graphed_ms(fast)
+    # The fast path against the packed model's own forward (PackedTernaryLinear: dequantized weight, F.linear).
+    ref, got = (run(m)().float() for m in (model, fast))
     out = {"benchmark": "prefill", "config": asdict(cfg), "env": environment(),
+           "last_logits_rel_err_vs_model": ((got - ref).norm() / ref.norm()).item(),
+           "graphed_last_logits_rel_err_vs_model": ((graph_logits - ref).norm() / ref.norm()).item(),
+           "ternary_graphed_tok_per_s": toks / (tern_graph_ms * 1e-3),
+           "fp16_graphed_tok_per_s": toks / (fp16_graph_ms * 1e-3),
            "ternary_tok_per_s": toks / (tern_ms * 1e-3), "fp16_pytorch_tok_per_s": toks / (fp16_ms * 1e-3),
            "mamba_ssm_fp16_tok_per_s_quoted": {(1, 2048): 18900, (8, 2048): 90000}.get((cfg.batch, cfg.seqlen))}
     out["ratio_vs_fp16"] = out["ternary_tok_per_s"] / out["fp16_pytorch_tok_per_s"]
