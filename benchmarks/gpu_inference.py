@@ -117,7 +117,8 @@ def summary(results: dict) -> str:
         elif r.get("benchmark") == "gemv":
             for s, v in r["shapes"].items():
                 parts = [f"{k[:-3]}={v[k]:.2f}us({v.get(k[:-3] + '_frac_of_copy_bw', 0):.0%})"
-                         for k in v if k.endswith("_us") and not k.endswith("default_us")]
+                         for k in v if k.endswith("_us") and not k.endswith("default_us")
+                         and isinstance(v[k], (int, float))]   # not the ``*_sweep_us`` dicts
                 lines.append(f"{name} {s}: " + " ".join(parts) + f" cfg={v.get('ternary_config')} "
                              f"errs={[(k, f'{e:.1e}') for k, e in v.items() if k.endswith('rel_err')]}"
                              f" {('ERRORS ' + str(v['errors'])[:600]) if 'errors' in v else ''}")

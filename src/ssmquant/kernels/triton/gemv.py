@@ -256,8 +256,17 @@ def default_config(N: int, K: int, ternary: bool, bits: int = 2) -> dict:
         # tile's register layout): the whole slice is loaded at once. SASS for sm_90 (in_proj 2048 -> 8512): 3.6
         # instructions per weight in 160 registers. The cap matters: without one ptxas spills, with 255 it takes
         # 242 registers, 8 warps per SM, and in_proj's 1064 warps need a second wave (5.96 us on H100).
+        # Rows of 128 / 256 words (1.3B) take one or two whole tiles; other rows take 64-word tiles, the last one
+        # masked. Measured end to end on H100 (benchmarks/decode_tiles.py, benchmarks/RESULTS.md): 2.7B (160 / 320
+        # words) 1.90 ms/token at 64 / 64 against 2.23-2.63 with other tiles (unmasked 32 / 64: 2.63); 130m's
+        # out_proj (96 words) 0.290 at 64 against 0.321 at 128 and 0.508 at 32.
         kwt = K // 16
-        bkw = 256 if kwt >= 256 else min(128, triton.next_power_of_2(kwt))
+        if kwt % 256 == 0:
+            bkw = 256
+        elif kwt % 128 == 0:
+            bkw = 128
+        else:
+            bkw = min(64, triton.next_power_of_2(kwt))
         return dict(BN=8, BKW=bkw, num_warps=max(1, bkw // 128), maxnreg=168)
     # Measured on H100 (benchmarks/gpu_inference.py --sweep): 4 rows per program for the projections, 8 for the head.
     return dict(BN=4 if N < 16384 else 8, BKW=512 if K >= 512 else triton.next_power_of_2(K), num_warps=4)
