@@ -18,18 +18,9 @@ import torch.nn.functional as F
 
 
 def _ms(fn, reps=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        out.append(a.elapsed_time(b))
-    return statistics.median(out)
+    from ssmquant.bench.gpu import _events_ms
+
+    return statistics.median(_events_ms(fn, reps, warmup))
 
 
 def gemm_variants(res):

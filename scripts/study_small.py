@@ -460,8 +460,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("experiment", choices=["seeds", "scratch", "groups", "dfssm", "drift", "zeros", "table", "plot"])
     p.add_argument("--out", default="runs/study", help="study directory (default runs/study)")
     p.add_argument("--tokens", default="100K", help="training tokens per run (default 100K)")
-    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds (default 0 1 2; "
-                   "groups use the first)")
+    p.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS), help="seeds (default 0 1 2)")
     p.add_argument("--fp32", action="store_true", help="scratch: also the unquantized model (seed: the first)")
     p.add_argument("--arch", default=None, help="scratch: train this model directory's architecture (its weights "
                    "unused; default the bundled teacher's), e.g. the 17.4M teacher on the GPU")
@@ -492,8 +491,10 @@ def main(argv: list[str] | None = None) -> None:
                         experiment=exp, arch=a.arch,
                         cmd=f"python scripts/study_small.py scratch{flags} --seeds {a.seeds[0]} --fp32")
     elif a.experiment == "groups":
-        for g in ("64", "128", "row"):
-            distill_run(out, "groups", f"g{g}", a.seeds[0], a.tokens, ["--group-size", g])
+        # Seed 0 keeps its first names (g64, g128, grow) so the earlier runs are found again; other seeds get a suffix.
+        for s in a.seeds:
+            for g in ("64", "128", "row"):
+                distill_run(out, "groups", f"g{g}" + (f"-s{s}" if s else ""), s, a.tokens, ["--group-size", g])
     elif a.experiment == "dfssm":
         # Seed 0 keeps its first name (r21) so the earlier runs are found again; other seeds get a suffix.
         for s in a.seeds:
@@ -509,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
     elif a.experiment == "zeros":
         tppl = next((r["teacher_ppl"] for (e, _), r in load_rows(out).items() if e == "seeds"), None)
         starts = ["scratch", "pretrained"] if a.start == "both" else [a.start]
-        zeros_runs(out, a.seeds[0], a.tokens, starts, a.only, tppl)
+        for s in a.seeds:
+            zeros_runs(out, s, a.tokens, starts, a.only, tppl)
     elif a.experiment == "plot":
         plot_svg(out, Path("docs/img/study_bits.svg"))
         if any(e == "zeros" for e, _ in load_rows(out)):
