@@ -405,13 +405,16 @@ def plot_svg(out: Path, path: Path) -> None:
 
     Hand-written SVG: it was written before matplotlib (an optional dependency) was installed here."""
     rows = load_rows(out)
-    pts = [("row" if r["name"] == "grow" else r["name"], r["bits_per_weight"], r["student_ppl"])
-           for (e, _), r in rows.items() if e == "groups"]
+    runs: dict[tuple, list] = {}                      # g64, g64-s1, ... -> one point per setting, seed mean
+    for (e, name), r in rows.items():
+        if e in ("groups", "dfssm"):
+            runs.setdefault((e, name.split("-s")[0]), []).append(r)
+    label = {("groups", "grow"): "row"}
+    pts = [((f"DF-SSM {n}" if e == "dfssm" else label.get((e, n), n)) + (f" ({len(rs)} seeds)" if len(rs) > 1 else ""),
+            rs[0]["bits_per_weight"], mean_sd([r["student_ppl"] for r in rs])[0]) for (e, n), rs in runs.items()]
     seeds = [r for (e, _), r in rows.items() if e == "seeds"]
     if seeds:
         pts.append(("g256 (3 seeds)", seeds[0]["bits_per_weight"], mean_sd([r["student_ppl"] for r in seeds])[0]))
-    pts += [(f"DF-SSM {r['name']}", r["bits_per_weight"], r["student_ppl"]) for (e, _), r in rows.items()
-            if e == "dfssm"]
     teacher = seeds[0]["teacher_ppl"] if seeds else None
     W, H, L, B = 560, 340, 70, 50                      # canvas, left and bottom margins
     xs, ys = [p[1] for p in pts], [p[2] for p in pts] + ([teacher] if teacher else [])
@@ -443,7 +446,7 @@ def plot_svg(out: Path, path: Path) -> None:
         dy = -6 if i % 2 else 14                       # alternate above/below: neighbours sit close together
         el.append(f'<circle cx="{X(b):.1f}" cy="{Y(ppl):.1f}" r="4" fill="{color}"/>'
                   f'<text x="{X(b) + 6:.1f}" y="{Y(ppl) + dy:.1f}">{name}: {ppl:.1f}</text>')
-    el.append(f'<text x="{L + 5}" y="14">QAT + KD, 100K tokens, seed 0 unless noted (scripts/study_small.py)</text>'
+    el.append(f'<text x="{L + 5}" y="14">QAT + KD, 100K tokens, mean of the seeds noted (scripts/study_small.py)</text>'
               "</svg>")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(el) + "\n")
