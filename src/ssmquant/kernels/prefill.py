@@ -82,7 +82,7 @@ class FastLinear(nn.Module):
             return F.linear(x, self.weight.to(x.dtype))
         rows = x2.shape[0]
         if rows >= DEQUANT_MIN_ROWS and self.weight.bits == 2:
-            w16 = dequant_ternary(self.weight, _scratch(self.weight.words.shape[0] * self.in_features, x.device))
+            w16 = dequant_ternary(self.weight, _scratch(self.out_features * self.in_features, x.device))
             out = F.linear(x2.to(torch.float16), w16).to(x.dtype)
         elif rows >= GEMM_MIN_BATCH:
             out = ternary_matmul(x2, self.weight, out_dtype=x.dtype)
