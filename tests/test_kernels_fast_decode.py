@@ -117,3 +117,33 @@ def test_pdl_launches_give_identical_logits_gpu():
     a = dec_on.generate(prompt, 4)
     b = dec_off.generate(prompt, 4)
     assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("batch", [1, 3, 4])
+@pytest.mark.parametrize("mma", [True, False, "auto"])
+def test_fast_decoder_tensor_core_gemv_gpu(batch, mma):
+    """Ternary projections on the tensor-core GEMV (cuda/ternary_mma.py) where chosen: logits match the model, and
+    PDL on or off gives identical logits."""
+    from ssmquant.kernels.cuda.ternary_mma import mma_supported
+    from ssmquant.kernels.layout_mma import MmaTernaryWeight
+    from ssmquant.quant.layers import PackedTernaryLinear
+    from ssmquant.quant.ternary import ternary_codes_and_scales
+
+    if not mma_supported():
+        pytest.skip("no NVRTC / sm_80")
+    m = tiny_model(seed=21, d_model=128, n_layer=2, d_state=16, headdim=32)
+    for layer in m.backbone.layers:
+        for name in ("in_proj", "out_proj"):
+            c, s = ternary_codes_and_scales(getattr(layer.mixer, name).weight, 64)
+            setattr(layer.mixer, name, PackedTernaryLinear(c, s, 64))
+    m = m.half().cuda()
+    dec, prompt = _compare(m, batch=batch, steps=4, gemv_configs={"mma": mma})
+    kinds = {(k, isinstance(getattr(L, k), MmaTernaryWeight)) for L in dec.layers for k in ("in_w", "out_w")}
+    on = mma is True or (mma == "auto" and batch >= 4)
+    expect = {("in_w", on), ("out_w", on)}
+    assert kinds == expect
+    off = _compare(m, batch=batch, steps=4, gemv_configs={"mma": mma, "in_proj_mma": {"pdl": False},
+                                                         "out_proj_mma": {"pdl": False}, "in_proj": {"pdl": False},
+                                                         "out_proj": {"pdl": False}})[0]
+    assert torch.equal(dec.generate(prompt, 5), off.generate(prompt, 5))

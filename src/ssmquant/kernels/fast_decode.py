@@ -10,16 +10,18 @@ buffers: token ids, a device token counter ``pos``, the fp32 residual stream, pe
 states, the logits. One decode step is
 
     embed ids[:, pos]                                   1 kernel
-    per layer:  in_proj GEMV with fused residual RMSNorm  1 kernel   (gemv.py, norm="rms")
+    per layer:  in_proj GEMV with fused residual RMSNorm  1 kernel   (gemv.py or cuda/ternary_mma.py, norm="rms")
                 conv + SSM state update + gate          1 kernel   (ssm_step.py)
-                out_proj GEMV with fused gated RMSNorm   1 kernel   (gemv.py, norm="gated", residual add)
+                out_proj GEMV with fused gated RMSNorm   1 kernel   (same, norm="gated", residual add)
     head GEMV with fused final RMSNorm -> fp32 logits   1 kernel   (gemv.py; fp16 or int8 rows)
     sample (greedy argmax, or temperature / top-k with exponential-race sampling) and append at ids[:, pos + 1],
     pos += 1                                            a few kernels
 
 so 3 kernels per layer against about 10 in mamba-ssm's step (DF-SSM: 5, each projection adds its ``V x``
 GEMV). On Hopper the layer kernels are launched with programmatic dependent launch, so each one's weight loads
-overlap the previous kernel (``gemv.py`` has the rules). At batch >= ``GEMM_MIN_BATCH`` ternary and dense
+overlap the previous kernel (``gemv.py`` has the rules). Ternary projections run the Triton GEMV or the
+tensor-core one (``cuda/ternary_mma.py``), chosen per projection and batch size (:func:`_mma_or`). At batch >=
+``GEMM_MIN_BATCH`` ternary and dense
 projections switch to tensor-core products (``gemm.py`` / cuBLAS) with the norms in PyTorch.
 The step reads every index from device memory, so it is captured once into a CUDA graph and replayed per token
 with no host synchronisation; the prompt is prefilled by the model's own forward with its ternary projections
@@ -40,7 +42,9 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
+from .layout_mma import MmaTernaryWeight, mma_from_gemv
 from .prefill import GEMM_MIN_BATCH, FastLinear, prefill_model
 from .prefill import fast_weight as _fast_weight
 from .triton.gemm import ternary_matmul
@@ -97,21 +101,23 @@ def fast_decode_supported(model: nn.Module) -> bool:
 @dataclass
 class _Layer:
     norm_w: torch.Tensor        # (d,) fp32
-    in_w: object                # GemvTernaryWeight | GemvLowRankWeight | (d_in_proj, d) fp16
+    in_w: object                # GemvTernaryWeight | MmaTernaryWeight | GemvLowRankWeight | (d_in_proj, d) fp16
     conv_w: torch.Tensor        # (conv_dim, d_conv) fp32
     conv_b: torch.Tensor        # (conv_dim,) fp32
     dt_bias: torch.Tensor       # (h,) fp32
     A: torch.Tensor             # (h,) fp32, -exp(A_log)
     D: torch.Tensor             # (h,) fp32
     gnorm_w: torch.Tensor       # (e,) fp32
-    out_w: object               # GemvTernaryWeight | GemvLowRankWeight | (d, e) fp16
+    out_w: object               # GemvTernaryWeight | MmaTernaryWeight | GemvLowRankWeight | (d, e) fp16
 
 
 class FastDecoder:
     """CUDA-graphed decoding of a Mamba-2 LM (see the module docstring). One instance per batch size.
 
     ``gemv_configs``: per-kernel overrides, keys "in_proj", "out_proj", "head" (tile configs of
-    ``gemv``; "in_proj_lr" / "out_proj_lr" for DF-SSM's ``V x`` GEMV), "ssm" (``ssm_step`` keyword
+    ``gemv``; "in_proj_lr" / "out_proj_lr" for DF-SSM's ``V x`` GEMV; "in_proj_mma" / "out_proj_mma": keyword
+    arguments of ``mma_gemv``), "mma" (the tensor-core GEMV for ternary projections: "auto", True or False, see
+    :func:`_mma_or`), "ssm" (``ssm_step`` keyword
     arguments) and "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
     here; 1 = one bit per weight, half the bytes).
     """
@@ -132,15 +138,20 @@ class FastDecoder:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.gemv_configs = dict(gemv_configs or {})
         sb = self.gemv_configs.pop("scaffold_bits", 2)
+        mma = self.gemv_configs.pop("mma", "auto")
         f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
         self.layers = []
         for layer in model.backbone.layers:
             mix = layer.mixer
+            single_group = cfg.ngroups == 1
             self.layers.append(_Layer(
-                norm_w=f32(layer.norm.weight), in_w=_fast_weight(mix.in_proj, dtype, sb),
+                norm_w=f32(layer.norm.weight),
+                in_w=_mma_or(_fast_weight(mix.in_proj, dtype, sb), batch_size, mma,
+                             dtype == torch.float16),
                 conv_w=f32(mix.conv1d.weight[:, 0, :]), conv_b=f32(mix.conv1d.bias), dt_bias=f32(mix.dt_bias),
                 A=-torch.exp(mix.A_log.detach().float()).contiguous(), D=f32(mix.D), gnorm_w=f32(mix.norm.weight),
-                out_w=_fast_weight(mix.out_proj, dtype, sb)))
+                out_w=_mma_or(_fast_weight(mix.out_proj, dtype, sb), batch_size, mma, single_group)))
+            # (out_proj writes the fp32 residual; in_proj writes zx in the model dtype, fp16 only for this kernel)
         if int8_emb:
             self.emb, self.emb_scale = emb.qweight.contiguous(), emb.scale.contiguous()
         else:
@@ -184,6 +195,9 @@ class FastDecoder:
                   config=self.gemv_configs.get(key))
         if isinstance(w, GemvLowRankWeight):
             return gemv(x, w, lowrank_config=self.gemv_configs.get(key + "_lr"), **kw)
+        if isinstance(w, MmaTernaryWeight):
+            return mma_gemv(x, w, norm=norm, norm_weight=norm_w, norm_group=group, eps=cfg.norm_eps,
+                            residual=residual, out=out, **(self.gemv_configs.get(key + "_mma") or {}))
         packed = isinstance(w, GemvTernaryWeight)
         if x.shape[0] < GEMM_MIN_BATCH:
             return gemv(x, w, row_scale=row_scale, **kw)
@@ -321,6 +335,29 @@ class FastDecoder:
             out.append(self.logits.clone())
             self.pos.add_(1)
         return torch.stack(out, 1)
+
+
+MMA_MIN_BATCH = 4     # from this batch size "auto" puts ternary projections on the tensor-core GEMV (_mma_or)
+
+
+def _mma_or(w, batch: int, mode, fusable: bool):
+    """The projection's weight for the decode step: repacked for the tensor-core GEMV (``cuda/ternary_mma.py``)
+    where that is chosen and possible, else ``w`` unchanged.
+
+    ``mode`` (``gemv_configs["mma"]``): True / False force it on / off where possible; "auto" (default) takes it at
+    batch ``MMA_MIN_BATCH``-8, where one launch serves every row and the Triton GEMV runs a program per row (1.3B
+    decode on H100: batch 4 1.64 vs 1.85 ms/token, batch 8 2.72 vs 3.22), not below (batch 2 1.13 vs 1.10; batch
+    1 with it on out_proj 0.83 vs 0.78; benchmarks/RESULTS.md). Needs a 2-bit ternary weight, a fusable norm (one
+    norm group), shapes
+    the layout takes, an fp16 output where the output is not the fp32 residual, and a GPU with NVRTC."""
+    if mode is False or not isinstance(w, GemvTernaryWeight) or w.bits != 2 or not fusable:
+        return w
+    if mode == "auto" and not MMA_MIN_BATCH <= batch <= MAX_ROWS:
+        return w
+    N, K = w.shape
+    if mma_gemv_error(batch, N, K, w.group_size) or not mma_supported() or w.words.device.type != "cuda":
+        return w
+    return mma_from_gemv(w)
 
 
 def _interpreting() -> bool:
