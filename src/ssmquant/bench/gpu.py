@@ -66,6 +66,7 @@ class DecodeBenchConfig:
     rank: int = 12                    # DF-SSM rank of U V (12: the 278 MiB configuration of docs/ptq_dfssm.md)
     head: str = "fp16"                # fp16 | int8: the (tied) embedding and LM head of the measured model
     scaffold_bits: int = 2            # DF-SSM scaffold words on the GPU: 2 (signs as ternary codes) or 1
+    mma: str = "auto"                 # ternary projections on the tensor-core GEMV: auto | on | off
 
     def __post_init__(self):
         if self.weights not in ("ternary", "dfssm", "fp16"):
@@ -116,6 +117,15 @@ def check_decoder(model, dec, prompt, n: int) -> dict:
             "greedy_tokens_identical": first_diff is None, "greedy_first_difference": first_diff}
 
 
+def _kernels(dec) -> dict:
+    """Which GEMV each projection of layer 0 runs: "tensor_core" (cuda/ternary_mma.py) or "triton"."""
+    from ..kernels.layout_mma import MmaTernaryWeight
+
+    L = dec.layers[0]
+    return {k: "tensor_core" if isinstance(getattr(L, a), MmaTernaryWeight) else "triton"
+            for k, a in (("in_proj", "in_w"), ("out_proj", "out_w"))}
+
+
 @torch.no_grad()
 def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) -> dict:
     """ms/token of the fast decoder on a random model of ``cfg.preset``'s shape, with baselines from the same run:
@@ -151,11 +161,19 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
             quantize_int8_(model, embedding=True, head=True)      # tied: one int8 tensor, the reference uses it too
         main_key = f"{cfg.weights}{f'_r{cfg.rank}_scaffold{cfg.scaffold_bits}bit' if cfg.weights == 'dfssm' else ''}" \
                    f"{'_int8head' if cfg.head == 'int8' else ''}_fast"
+        mma = {"auto": "auto", "on": True, "off": False}[cfg.mma]
         dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
-                          gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits})
-        rows[main_key] = {**_time_decoder(dec, prompt, cfg),
+                          gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits, "mma": mma})
+        rows[main_key] = {**_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
                           "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
         del dec
+        if cfg.weights == "ternary" and cfg.baseline and mma is not False:
+            # The same model with every ternary projection on the Triton GEMV, for the tensor-core GEMV's gain.
+            dec = FastDecoder(model, cfg.batch, cfg.new_tokens, gemv_configs={**(gemv_configs or {}), "mma": False})
+            rows[main_key.replace("_fast", "_triton_gemv_fast")] = {
+                **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
+                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
+            del dec
     result["rows"] = rows
     main = rows[main_key]["decode_ms_per_token"]
     result["main_row"] = main_key
@@ -226,11 +244,14 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
 
     Timed inside a CUDA graph over ``copies`` rotating weight sets (more bytes than L2 holds), so every call reads
     its weights from HBM. Rows: ``ternary`` = gemv.py on 2-bit words, with programmatic dependent launch where
-    supported (``ternary_nopdl`` without); ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
+    supported (``ternary_nopdl`` without); ``ternary_mma`` = the tensor-core GEMV (kernels/cuda/ternary_mma.py) on
+    the same codes (``ternary_mma_nopdl`` without PDL); ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
     + rank-R int8 correction (two launches: V x, then scaffold + U t); head: fp16 (cuBLAS, gemv.py) and int8 rows
     (gemv.py). Bytes = weights + scales (+ factors) + activations + output.
     """
+    from ..kernels.cuda.ternary_mma import mma_gemv, mma_gemv_error, mma_supported
     from ..kernels.layout import GemvLowRankWeight, pack_gemv
+    from ..kernels.layout_mma import mma_from_gemv
     from ..kernels.triton.gemv import gemv, gemv_ref, pdl_supported
     from ..model.config import preset_config
 
@@ -266,6 +287,20 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
             best_c = row.get("ternary_config") if row.get("ternary_config") != "default" else None
             _best(row, "ternary_nopdl", lambda c: [lambda w=w: gemv(x, w, out=y, config=dict(pdl=False, **(c or {})))
                                                    for w in tern], [best_c], cfg.reps, tern[0].nbytes() + io, peak)
+            if mma_supported() and not mma_gemv_error(M, N, K, G):
+                # The tensor-core GEMV (kernels/cuda/ternary_mma.py) on the same codes, repacked.
+                mws = [mma_from_gemv(w) for w in tern]
+                ref = gemv_ref(x, tern[-1])
+                row["ternary_mma_rel_err"] = ((mma_gemv(x, mws[-1]) - ref).norm() / ref.norm()).item()
+                mconfigs = [None] + ([dict(cpw=c) for c in (1, 2, 4, 8) if not mma_gemv_error(M, N, K, G, c)]
+                                     if cfg.sweep else [])
+                _best(row, "ternary_mma", lambda c: [lambda w=w: mma_gemv(x, w, out=y, **(c or {})) for w in mws],
+                      mconfigs, cfg.reps, mws[0].nbytes() + io, peak)
+                best_m = row.get("ternary_mma_config") if row.get("ternary_mma_config") != "default" else None
+                _best(row, "ternary_mma_nopdl", lambda c: [lambda w=w: mma_gemv(x, w, out=y, pdl=False, **(c or {}))
+                                                           for w in mws], [best_m], cfg.reps, mws[0].nbytes() + io,
+                      peak)
+                del mws
             bconfigs = [None] + ([dict(BN=bn, BKW=bkw, num_warps=4) for bn, bkw in ((16, 64), (32, 32), (64, 64))]
                                  if cfg.sweep else [])
             _best(row, "scaffold1", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in bins], bconfigs,

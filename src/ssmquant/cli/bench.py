@@ -34,6 +34,9 @@ def register(sub) -> None:
                    help="DF-SSM scaffold on the GPU: 2-bit words (default, faster) or 1 bit per weight")
     d.add_argument("--head", choices=["fp16", "int8"], default="fp16",
                    help="embedding / LM head of the measured model (int8: one scale per row)")
+    d.add_argument("--mma", choices=["auto", "on", "off"], default="auto",
+                   help="ternary projections on the tensor-core GEMV (kernels/cuda/ternary_mma.py): auto (default: "
+                        "at batch 4-8), on (wherever the shapes allow) or off (Triton GEMV)")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
@@ -99,7 +102,7 @@ def _run_decode(a) -> None:
 
     cfg = DecodeBenchConfig(preset=a.preset, weights=a.weights, batch=a.batch, prompt_len=a.prompt_len,
                             new_tokens=a.new_tokens, group_size=a.group_size, baseline=not a.no_baseline,
-                            rank=a.rank, head=a.head, scaffold_bits=a.scaffold_bits,
+                            rank=a.rank, head=a.head, scaffold_bits=a.scaffold_bits, mma=a.mma,
                             **({"reps": a.reps} if a.reps else {}))
     _emit(bench_decode(cfg), a.output)
 
