@@ -5,7 +5,9 @@ Why a tensor-core GEMV. The Triton GEMV (``kernels/triton/gemv.py``) spends two 
 23-37% of HBM bandwidth (benchmarks/RESULTS.md). Here a weight costs one instruction: a ``lop3`` + ``fma.f16x2``
 pair decodes *two* codes into fp16 ``code`` values (``ternary_mma.cu`` has the arithmetic), and one
 ``mma.m16n8k16`` multiplies 256 of them by the activations. Batch rows 1..8 are MMA columns, so batch 2-8 costs
-the same instructions as batch 1.
+the same instructions as batch 1. Measured (H100, benchmarks/RESULTS.md run 7): 1.7x / 1.6x the Triton GEMV at
+batch 4 (1.3B in_proj / out_proj), no gain at batch 1, where per-warp set-up, the activation staging and the
+split-K reduction outweigh the cheaper decode; ``FastDecoder`` uses it from batch 4.
 
 Work split: a CTA owns 16 output rows (an MMA tile); its warps split K into runs of ``CPW`` chunks of 128 inputs,
 each lane issuing all of its weight loads (``CPW`` x 16 bytes) before anything else; partial sums meet in shared
