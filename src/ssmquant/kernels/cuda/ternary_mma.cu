@@ -80,7 +80,6 @@ ternary_mma_gemv(const uint4* __restrict__ words,     // (N16 / 16, K / 128, 32,
                  int N, int K, int ngroups, float eps) {
     __shared__ u32 xs[NWARPS][MROWS * ROWW];
     __shared__ float red[NWARPS][16 * RT][9];
-    __shared__ float ssum[NWARPS][MROWS];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
@@ -130,6 +129,7 @@ ternary_mma_gemv(const uint4* __restrict__ words,     // (N16 / 16, K / 128, 32,
     for (int m = 0; m < MROWS; m++) r[m] = 1.0f;
 #if NORM
     {
+        __shared__ float ssum[NWARPS][MROWS];
         float ss[MROWS];
 #pragma unroll
         for (int m = 0; m < MROWS; m++) ss[m] = 0.0f;
@@ -160,6 +160,7 @@ ternary_mma_gemv(const uint4* __restrict__ words,     // (N16 / 16, K / 128, 32,
 #endif
     u32* xw = xs[warp];
     {
+        // x is loaded again rather than kept from the statistics pass (an L1 hit; registers stay free for M rows).
         // Lane holds inputs 4a..4a+3 of k-step s (a = lane % 4, s = lane / 4 within the chunk): pairs 2a and
         // 2a+1, pair p going to B register p / 4 of quad lane p % 4.
         const int a = lane & 3, s = lane >> 2;

@@ -26,6 +26,7 @@ Reference: :func:`mma_gemv_ref` (dequantized weight, fp32) and, for the decode a
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 from importlib import resources
 
@@ -88,12 +89,16 @@ def default_cpw(M: int, K: int, rt: int = 1) -> int:
     Measured on H100 (benchmarks/RESULTS.md, run 7): up to 4 rows, 1 chunk (most warps, fewest registers): 1.3B
     in_proj at batch 1 4.82 us against 5.19 at 4 chunks, out_proj at batch 4 3.57 us at 2 chunks (1 does not fit)
     against 4.06 at 4; at 8 rows 4 chunks: 1.3B decode at batch 8 2.72 ms/token against 2.84 at 1 chunk."""
-    kc = max(1, K // CHUNK_K)
     for cpw in ((1, 2, 4, 8, 16) if M <= 4 else (4, 8, 16, 2, 1)):
-        nwarps = -(-kc // cpw)
+        nwarps = _nwarps(K, cpw)
         if nwarps <= 32 and _smem(M, cpw, nwarps, rt) <= _SMEM_LIMIT:
             return cpw
     return 16
+
+
+def _nwarps(K: int, cpw: int) -> int:
+    """Warps of a CTA: one per ``cpw`` chunks of 128 inputs."""
+    return -(-max(1, K // CHUNK_K) // cpw)
 
 
 def _smem(M: int, cpw: int, nwarps: int, rt: int = 1) -> int:
@@ -110,23 +115,34 @@ def mma_gemv_error(M: int, N: int, K: int, group_size: int, cpw: int | None = No
     if not 1 <= M <= MAX_ROWS:
         return f"batch {M} (1..{MAX_ROWS} rows)"
     cpw = cpw or default_cpw(M, K, rt)
-    nwarps = -(-(K // CHUNK_K) // cpw)
+    nwarps = _nwarps(K, cpw)
     if nwarps > 32 or _smem(M, cpw, nwarps, rt) > _SMEM_LIMIT:
         return f"K={K} at batch {M} needs more than {_SMEM_LIMIT} bytes of shared memory per CTA"
     return None
 
 
-def _kernel(M: int, cpw: int, nwarps: int, xhalf: bool, ohalf: bool, norm: bool, res: bool, group_size: int,
-            rt: int = 1):
-    from .nvrtc import get_kernel
+@functools.lru_cache(maxsize=None)
+def _source() -> str:
+    return resources.files(__package__).joinpath("ternary_mma.cu").read_text()
 
-    src = resources.files(__package__).joinpath("ternary_mma.cu").read_text()
+
+@functools.lru_cache(maxsize=None)
+def _options(M: int, cpw: int, nwarps: int, xhalf: bool, ohalf: bool, norm: bool, res: bool, group_size: int,
+             rt: int) -> tuple[str, ...]:
+    """The NVRTC ``-D`` constants of one kernel variant (built once: ``mma_gemv`` runs per decode step)."""
     opts = [f"-DNWARPS={nwarps}", f"-DCPW={cpw}", f"-DMROWS={M}", f"-DXHALF={int(xhalf)}", f"-DOHALF={int(ohalf)}",
             f"-DNORM={int(norm)}", f"-DRES={int(res)}", f"-DG64={int(group_size == 64)}",
             f"-DGCH={max(1, group_size // CHUNK_K)}", f"-DRT={rt}"]
     for p, (mask, mul, add) in enumerate(decode_constants()):
         opts += [f"-DMSK{p}={mask:#x}u", f"-DMUL{p}={mul:#x}u", f"-DADD{p}={add:#x}u"]
-    return get_kernel(src, "ternary_mma_gemv", opts)
+    return tuple(opts)
+
+
+def _kernel(*variant):
+    """The compiled kernel of one variant (``_options``' arguments), on the current device."""
+    from .nvrtc import get_kernel
+
+    return get_kernel(_source(), "ternary_mma_gemv", list(_options(*variant)))
 
 
 def mma_gemv(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = None,
@@ -164,7 +180,7 @@ def mma_gemv(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = None,
             norm_weight.float().contiguous()
     if pdl is None:
         pdl = torch.cuda.get_device_capability(x.device)[0] >= 9 and os.environ.get("SSMQUANT_PDL", "1") != "0"
-    nwarps = -(-(K // CHUNK_K) // cpw)
+    nwarps = _nwarps(K, cpw)
     kern = _kernel(M, cpw, nwarps, x.dtype == torch.float16, out.dtype == torch.float16, norm is not None,
                    residual is not None, w.group_size, rt)
     res = residual if residual is not None else out
@@ -181,10 +197,9 @@ def mma_gemv_ref(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = Non
                  residual: torch.Tensor | None = None) -> torch.Tensor:
     """Plain PyTorch :func:`mma_gemv` in fp32 (the normed activations rounded to fp16, as the kernel and the
     fp16 model do): x (M, K) -> (M, N)."""
-    xf = x.float()
-    if norm is not None:
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * norm_weight.float()
-    xf = xf.half().float()
+    from ..triton.gemv import norm_ref
+
+    xf = norm_ref(x, norm, norm_weight, None, eps).half().float()
     y = xf @ mma_dequant_ref(w).t()
     return y if residual is None else y + residual.float()
 
