@@ -139,19 +139,21 @@ class FastDecoder:
         self.gemv_configs = dict(gemv_configs or {})
         sb = self.gemv_configs.pop("scaffold_bits", 2)
         mma = self.gemv_configs.pop("mma", "auto")
+        if mma is not False and (dev.type != "cuda" or not mma_supported()):
+            mma = False
+        # The tensor-core GEMV writes fp16 or fp32 (in_proj writes zx in the model dtype; out_proj the fp32
+        # residual) and fuses a gated norm of one group only.
+        mma_in = mma if dtype == torch.float16 else False
+        mma_out = mma if cfg.ngroups == 1 else False
         f32 = lambda t: t.detach().float().contiguous()  # noqa: E731
         self.layers = []
         for layer in model.backbone.layers:
             mix = layer.mixer
-            single_group = cfg.ngroups == 1
             self.layers.append(_Layer(
-                norm_w=f32(layer.norm.weight),
-                in_w=_mma_or(_fast_weight(mix.in_proj, dtype, sb), batch_size, mma,
-                             dtype == torch.float16),
+                norm_w=f32(layer.norm.weight), in_w=_mma_or(_fast_weight(mix.in_proj, dtype, sb), batch_size, mma_in),
                 conv_w=f32(mix.conv1d.weight[:, 0, :]), conv_b=f32(mix.conv1d.bias), dt_bias=f32(mix.dt_bias),
                 A=-torch.exp(mix.A_log.detach().float()).contiguous(), D=f32(mix.D), gnorm_w=f32(mix.norm.weight),
-                out_w=_mma_or(_fast_weight(mix.out_proj, dtype, sb), batch_size, mma, single_group)))
-            # (out_proj writes the fp32 residual; in_proj writes zx in the model dtype, fp16 only for this kernel)
+                out_w=_mma_or(_fast_weight(mix.out_proj, dtype, sb), batch_size, mma_out)))
         if int8_emb:
             self.emb, self.emb_scale = emb.qweight.contiguous(), emb.scale.contiguous()
         else:
@@ -340,22 +342,22 @@ class FastDecoder:
 MMA_MIN_BATCH = 4     # from this batch size "auto" puts ternary projections on the tensor-core GEMV (_mma_or)
 
 
-def _mma_or(w, batch: int, mode, fusable: bool):
+def _mma_or(w, batch: int, mode):
     """The projection's weight for the decode step: repacked for the tensor-core GEMV (``cuda/ternary_mma.py``)
     where that is chosen and possible, else ``w`` unchanged.
 
     ``mode`` (``gemv_configs["mma"]``): True / False force it on / off where possible; "auto" (default) takes it at
     batch ``MMA_MIN_BATCH``-8, where one launch serves every row and the Triton GEMV runs a program per row (1.3B
     decode on H100: batch 4 1.64 vs 1.85 ms/token, batch 8 2.72 vs 3.22), not below (batch 2 1.13 vs 1.10; batch
-    1 with it on out_proj 0.83 vs 0.78; benchmarks/RESULTS.md). Needs a 2-bit ternary weight, a fusable norm (one
-    norm group), shapes
-    the layout takes, an fp16 output where the output is not the fp32 residual, and a GPU with NVRTC."""
-    if mode is False or not isinstance(w, GemvTernaryWeight) or w.bits != 2 or not fusable:
+    1 with it on out_proj 0.83 vs 0.78; benchmarks/RESULTS.md). ``FastDecoder`` passes False where the kernel
+    cannot run (no NVRTC or CUDA, a bf16 output, a gated norm of several groups); here it also needs a 2-bit
+    ternary weight of shapes the layout takes."""
+    if mode is False or not isinstance(w, GemvTernaryWeight) or w.bits != 2:
         return w
     if mode == "auto" and not MMA_MIN_BATCH <= batch <= MAX_ROWS:
         return w
     N, K = w.shape
-    if mma_gemv_error(batch, N, K, w.group_size) or not mma_supported() or w.words.device.type != "cuda":
+    if mma_gemv_error(batch, N, K, w.group_size):
         return w
     return mma_from_gemv(w)
 
