@@ -116,11 +116,17 @@ def unpack_codes_ref(w: GemvTernaryWeight) -> torch.Tensor:
     return c.reshape(N, K).to(torch.int8)
 
 
+def codes_times_scale_ref(codes: torch.Tensor, scale: torch.Tensor, group_size: int) -> torch.Tensor:
+    """codes (N, K), scale (N, K / G) -> (N, K) fp32 ``code * scale``, equal to ``quant.ternary.dequantize_ternary``
+    (which the kernels' layer may not import)."""
+    N, K = codes.shape
+    c = codes.float().view(N, K // group_size, group_size)
+    return (c * scale.float().unsqueeze(-1)).reshape(N, K)
+
+
 def dequant_ref(w: GemvTernaryWeight) -> torch.Tensor:
     """(N, K) fp32 weight ``code * scale``, equal to ``quant.ternary.dequantize_ternary``."""
-    N, K = w.shape
-    c = unpack_codes_ref(w).float().view(N, K // w.group_size, w.group_size)
-    return (c * w.scale.float().unsqueeze(-1)).reshape(N, K)
+    return codes_times_scale_ref(unpack_codes_ref(w), w.scale, w.group_size)
 
 
 def ternary_linear_ref(x: torch.Tensor, w: GemvTernaryWeight) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .layout import GemvTernaryWeight, unpack_codes_ref
+from .layout import GemvTernaryWeight, codes_times_scale_ref, unpack_codes_ref
 
 TILE_N = 16          # output rows per tile (MMA M)
 CHUNK_K = 128        # inputs per chunk (8 MMA k-steps)
@@ -108,9 +108,7 @@ def unpack_mma_codes_ref(w: MmaTernaryWeight) -> torch.Tensor:
 
 def mma_dequant_ref(w: MmaTernaryWeight) -> torch.Tensor:
     """(N, K) fp32 weight ``code * scale``."""
-    N, K = w.shape
-    c = unpack_mma_codes_ref(w).float().view(N, K // w.group_size, w.group_size)
-    return (c * w.scale[:N].float().unsqueeze(-1)).reshape(N, K)
+    return codes_times_scale_ref(unpack_mma_codes_ref(w), w.scale[: w.n], w.group_size)
 
 
 def mma_from_gemv(w: GemvTernaryWeight) -> MmaTernaryWeight:
