@@ -217,6 +217,12 @@ def _graph_time_per_call(calls, reps: int) -> float:
     return statistics.median(ms) * 1e3 / len(calls)
 
 
+def _best_config(row: dict, prefix: str):
+    """The config ``_best`` found for ``prefix`` (None for the kernel's default), to time a variant with it."""
+    c = row.get(f"{prefix}_config")
+    return None if c == "default" else c
+
+
 def _best(row: dict, prefix: str, fn, configs, reps: int, nbytes: int, peak: float) -> None:
     """Time ``fn(config)`` (a list of thunks) for each config; record the default's and the best time."""
     best = None
@@ -284,7 +290,7 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
                             for bkw in sorted({min(kwt, 128), min(kwt, 256)}) for bn in (4, 8, 16) for mr in (128, 168)]
             _best(row, "ternary", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in tern], configs,
                   cfg.reps, tern[0].nbytes() + io, peak)
-            best_c = row.get("ternary_config") if row.get("ternary_config") != "default" else None
+            best_c = _best_config(row, "ternary")
             _best(row, "ternary_nopdl", lambda c: [lambda w=w: gemv(x, w, out=y, config=dict(pdl=False, **(c or {})))
                                                    for w in tern], [best_c], cfg.reps, tern[0].nbytes() + io, peak)
             if mma_supported() and not mma_gemv_error(M, N, K, G):
@@ -296,7 +302,7 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
                                      if cfg.sweep else [])
                 _best(row, "ternary_mma", lambda c: [lambda w=w: mma_gemv(x, w, out=y, **(c or {})) for w in mws],
                       mconfigs, cfg.reps, mws[0].nbytes() + io, peak)
-                best_m = row.get("ternary_mma_config") if row.get("ternary_mma_config") != "default" else None
+                best_m = _best_config(row, "ternary_mma")
                 _best(row, "ternary_mma_nopdl", lambda c: [lambda w=w: mma_gemv(x, w, out=y, pdl=False, **(c or {}))
                                                            for w in mws], [best_m], cfg.reps, mws[0].nbytes() + io,
                       peak)
@@ -315,7 +321,7 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
                 ref = gemv_ref(x, lws[-1])
                 row[f"dfssm_r{r}_rel_err"] = ((gemv(x, lws[-1]) - ref).norm() / ref.norm()).item()
                 _best(row, f"dfssm_r{r}", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in lws],
-                      [row.get("scaffold1_config") if row.get("scaffold1_config") != "default" else None],
+                      [_best_config(row, "scaffold1")],
                       cfg.reps, lws[0].nbytes() + io, peak)
             del tern, bins
         else:
