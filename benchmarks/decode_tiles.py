@@ -1,10 +1,11 @@
 """End-to-end choice of the ternary GEMV tiles for one model shape: decode ms/token with each candidate config.
 
-    PYTHONPATH=src python benchmarks/decode_tiles.py --preset 2.7b [--preset 130m ...] --out tiles.json
+    PYTHONPATH=src python benchmarks/decode_tiles.py --preset 2.7b [--preset 130m ...] [--pdl] --out tiles.json
 
 For each preset: ``bench_decode`` (ternary, batch 1, no fp16 baselines) with the default tiles
 (``gemv.default_config``), then with candidate (in_proj, out_proj) configs: the masked power-of-two tiles used
-before, tiles that divide the row, 8 / 16 rows per program. A GEMV alone in a rotating-copies graph does not
+before, tiles that divide the row, 4 / 8 / 16 rows per program; with ``--pdl``, then each projection's release
+mode (``kernels/pdl.py``). A GEMV alone in a rotating-copies graph does not
 predict the decode step (the kernels overlap through PDL), so the choice is made on the step.
 """
 
@@ -25,7 +26,7 @@ def candidates(K: int) -> list[dict]:
                        min(even, 256), 64, 32}):
         if bkw < 16 or bkw > 256:
             continue
-        for bn in (8, 16):
+        for bn in (4, 8, 16):
             out.append({"BN": bn, "BKW": bkw, "num_warps": max(1, bkw // 128), "maxnreg": 168})
     return out
 
@@ -41,7 +42,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", action="append", required=True, help="model shape (repeatable)")
     ap.add_argument("--out", default="decode_tiles.json", help="JSON output file")
-    ap.add_argument("--max-configs", type=int, default=12, help="candidates per projection (in order)")
+    ap.add_argument("--max-configs", type=int, default=15, help="candidates per projection (in order)")
+    ap.add_argument("--pdl", action="store_true",
+                    help="then, with the best tiles, each projection's PDL release mode (kernels/pdl.py): after / "
+                         "early for in_proj x out_proj")
     a = ap.parse_args()
     from ssmquant.bench.gpu import DecodeBenchConfig
     from ssmquant.kernels.triton.gemv import default_config
@@ -69,6 +73,14 @@ def main() -> None:
                 ok = [v for k, v in r.items() if k.startswith("in_proj_") and isinstance(v["ms"], float)]
                 if ok and min(v["ms"] for v in ok) < r["default"]["ms"]:
                     best_in = min(ok, key=lambda v: v["ms"])["in_proj"]
+        if a.pdl:
+            ok = [v for k, v in r.items() if k.startswith("out_proj_") and isinstance(v["ms"], float)]
+            best_out = min(ok, key=lambda v: v["ms"])["out_proj"] if ok else r["default"]["out_proj"]
+            for pin in ("after", "early"):
+                for pout in ("after", "early"):
+                    over = {"in_proj": {**best_in, "pdl": pin}, "out_proj": {**best_out, "pdl": pout}}
+                    r[f"pdl_{pin}_{pout}"] = {**over, **_run(cfg, over)}
+                    print(p, "pdl", pin, pout, r[f"pdl_{pin}_{pout}"]["ms"], flush=True)
         res[p] = r
         with open(a.out, "w") as fh:
             json.dump(res, fh, indent=1)

@@ -101,7 +101,10 @@ def test_mma_gemv_matches_reference(M, norm, N, K, G, cpw):
 
 
 @gpu
-def test_mma_gemv_in_cuda_graph_with_pdl():
+@pytest.mark.parametrize("pdl", ["after", "early"])
+def test_mma_gemv_in_cuda_graph_with_pdl(pdl):
+    """A chain of GEMVs, each reading the previous one's output, replayed from a CUDA graph with programmatic
+    dependent launch in both release modes (kernels/pdl.py)."""
     from ssmquant.kernels.cuda.ternary_mma import mma_gemv
 
     N, K = 2048, 2048
@@ -109,8 +112,8 @@ def test_mma_gemv_in_cuda_graph_with_pdl():
     x = torch.randn(1, K, device="cuda")
     nw = torch.ones(K, device="cuda")
     outs = [torch.empty(1, N, device="cuda") for _ in ws]
-    chain = lambda: [mma_gemv(x if i == 0 else outs[i - 1], w, out=outs[i], norm="rms", norm_weight=nw)  # noqa: E731
-                     for i, w in enumerate(ws)]
+    chain = lambda: [mma_gemv(x if i == 0 else outs[i - 1], w, out=outs[i], norm="rms", norm_weight=nw,  # noqa: E731
+                              pdl=pdl) for i, w in enumerate(ws)]
     chain()
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()

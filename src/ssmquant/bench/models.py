@@ -13,16 +13,22 @@ import torch
 
 
 @torch.no_grad()
-def random_model(preset: str, *, weights: str = "fp16", group_size: int = 128, device: str = "cuda", seed: int = 0):
-    """A ``Mamba2LMHeadModel`` in fp16 with the shapes of ``state-spaces/mamba2-<preset>``.
+def random_model(preset: str, *, weights: str = "fp16", group_size: int = 128, device: str = "cuda", seed: int = 0,
+                 n_layer: int | None = None):
+    """A ``Mamba2LMHeadModel`` in fp16 with the shapes of ``state-spaces/mamba2-<preset>`` (``n_layer`` layers
+    instead of the preset's, if given: the tests' full-width models).
 
     weights: "fp16" (dense ``nn.Linear`` projections) or "ternary" (``PackedTernaryLinear`` in_proj / out_proj
     with one fp16 scale per ``group_size`` inputs).
     """
+    import dataclasses
+
     from ..model.config import preset_config
     from ..model.mamba2 import Mamba2LMHeadModel, init_ssm_parameters_
 
     cfg = preset_config(preset)
+    if n_layer is not None:
+        cfg = dataclasses.replace(cfg, n_layer=n_layer)
     torch.manual_seed(seed)
     with torch.device(device):
         model = Mamba2LMHeadModel(cfg)             # nn.Linear / nn.Conv1d default init, on the device

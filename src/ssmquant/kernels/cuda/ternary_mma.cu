@@ -117,10 +117,16 @@ ternary_mma_gemv(const uint4* __restrict__ words,     // (N16 / 16, K / 128, 32,
         }
     }
 #if __CUDA_ARCH__ >= 900
-    // Programmatic dependent launch: wait for the kernel before (it wrote x / res), then let the next one start
-    // its own constant loads. Nothing is read from x or res, nor written, before this point.
-    asm volatile("griddepcontrol.wait;" ::: "memory");
+    // Programmatic dependent launch (kernels/pdl.py): wait for the kernel before (it wrote x / res); the next
+    // kernel may start its own constant loads now (PDL_EARLY) or once x is ready. Nothing is read from x or res,
+    // nor written, before the wait. (Without the launch attribute both instructions are no-ops.)
+#if PDL_EARLY
     asm volatile("griddepcontrol.launch_dependents;");
+#endif
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#if !PDL_EARLY
+    asm volatile("griddepcontrol.launch_dependents;");
+#endif
 #endif
 
     // ---- activations: fused RMSNorm (statistics of the whole row across the CTA), fp16, B-fragment order ----

@@ -12,8 +12,9 @@ split-K reduction outweigh the cheaper decode; ``FastDecoder`` uses it from batc
 Work split: a CTA owns 16 output rows (an MMA tile); its warps split K into runs of ``CPW`` chunks of 128 inputs,
 each lane issuing all of its weight loads (``CPW`` x 16 bytes) before anything else; partial sums meet in shared
 memory. With programmatic dependent launch (Hopper) the weight and scale loads are issued before
-``griddepcontrol.wait``, so they overlap the previous kernel, with the rules of ``gemv.py`` (nothing the previous
-kernel writes is read, and nothing is written, before the wait).
+``griddepcontrol.wait``, so they overlap the kernels before it, with the rules of ``kernels/pdl.py`` (nothing the
+previous kernel writes is read, and nothing is written, before the wait; in mode "early" dependents are released
+before the wait, in mode "after" after it).
 
 Fused prologue: ``norm="rms"`` (or ``"gated"`` with one norm group, the same arithmetic over the whole row):
 ``xn = x * rsqrt(mean(x**2) + eps) * nw`` rounded to fp16 (as the PyTorch model rounds the normed input of its
@@ -34,6 +35,7 @@ import numpy as np
 import torch
 
 from ..layout_mma import CHUNK_K, TILE_N, MmaTernaryWeight, mma_dequant_ref
+from ..pdl import resolve as resolve_pdl
 
 MAX_ROWS = 8              # activation rows (MMA N)
 _SMEM_LIMIT = 48 * 1024   # static shared memory per CTA
@@ -128,11 +130,11 @@ def _source() -> str:
 
 @functools.lru_cache(maxsize=None)
 def _options(M: int, cpw: int, nwarps: int, xhalf: bool, ohalf: bool, norm: bool, res: bool, group_size: int,
-             rt: int) -> tuple[str, ...]:
+             rt: int, early: bool = False) -> tuple[str, ...]:
     """The NVRTC ``-D`` constants of one kernel variant (built once: ``mma_gemv`` runs per decode step)."""
     opts = [f"-DNWARPS={nwarps}", f"-DCPW={cpw}", f"-DMROWS={M}", f"-DXHALF={int(xhalf)}", f"-DOHALF={int(ohalf)}",
             f"-DNORM={int(norm)}", f"-DRES={int(res)}", f"-DG64={int(group_size == 64)}",
-            f"-DGCH={max(1, group_size // CHUNK_K)}", f"-DRT={rt}"]
+            f"-DGCH={max(1, group_size // CHUNK_K)}", f"-DRT={rt}", f"-DPDL_EARLY={int(early)}"]
     for p, (mask, mul, add) in enumerate(decode_constants()):
         opts += [f"-DMSK{p}={mask:#x}u", f"-DMUL{p}={mul:#x}u", f"-DADD{p}={add:#x}u"]
     return tuple(opts)
@@ -149,10 +151,10 @@ def mma_gemv(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = None,
              norm_weight: torch.Tensor | None = None, norm_group: int | None = None, eps: float = 1e-5,
              residual: torch.Tensor | None = None, out: torch.Tensor | None = None,
              out_dtype: torch.dtype = torch.float32, cpw: int | None = None, rt: int = 1,
-             pdl: bool | None = None) -> torch.Tensor:
+             pdl: bool | str | None = None) -> torch.Tensor:
     """x (M, K) fp32/fp16 -> (M, N) = W norm(x) (+ residual), M <= 8. ``norm``: None, "rms", or "gated" with a
-    single group (``norm_group`` None or K). ``out`` may be ``residual`` (in-place update). ``pdl``: launch with
-    programmatic dependent launch (default: on Hopper)."""
+    single group (``norm_group`` None or K). ``out`` may be ``residual`` (in-place update). ``pdl``: programmatic
+    dependent launch mode, False / "after" / "early" (``kernels/pdl.py``; default: where supported)."""
     N, K = w.shape
     M = x.shape[0]
     if x.dim() != 2 or x.shape[1] != K or x.stride(1) != 1 or x.dtype not in (torch.float32, torch.float16):
@@ -178,17 +180,16 @@ def mma_gemv(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = None,
     if norm is not None:
         nw = norm_weight if norm_weight.dtype == torch.float32 and norm_weight.is_contiguous() else \
             norm_weight.float().contiguous()
-    if pdl is None:
-        pdl = torch.cuda.get_device_capability(x.device)[0] >= 9 and os.environ.get("SSMQUANT_PDL", "1") != "0"
+    pdl = resolve_pdl(pdl)
     nwarps = _nwarps(K, cpw)
     kern = _kernel(M, cpw, nwarps, x.dtype == torch.float16, out.dtype == torch.float16, norm is not None,
-                   residual is not None, w.group_size, rt)
+                   residual is not None, w.group_size, rt, pdl == "early")
     res = residual if residual is not None else out
     ptr = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
     args = [ptr(w.words), ptr(w.scale), ptr(x), ctypes.c_long(x.stride(0)), ptr(nw if nw is not None else x),
             ptr(res), ctypes.c_long(res.stride(0)), ptr(out), ctypes.c_long(out.stride(0)), ctypes.c_int(N),
             ctypes.c_int(K), ctypes.c_int(w.scale.shape[1]), ctypes.c_float(eps)]
-    kern.launch((-(-w.words.shape[0] // rt), 1, 1), (32 * nwarps, 1, 1), args, pdl=pdl)
+    kern.launch((-(-w.words.shape[0] // rt), 1, 1), (32 * nwarps, 1, 1), args, pdl=bool(pdl))
     return out
 
 

@@ -41,11 +41,11 @@ tile's own register layout (4 words per thread), so no layout conversions; each 
 ``U (V xn)``: ``t = (V xn) * v_scale`` is this kernel on the dense int8 ``V`` with row scales (a launch of r rows),
 and the scaffold launch adds ``u_scale * (U t)`` in its epilogue (U's rows load with the weights).
 
-Programmatic dependent launch (``PDL``, Hopper, see :func:`pdl_supported`): the first weight tile (and U's rows) is
-loaded *before* ``gdc_wait``, so this kernel's weight traffic overlaps the previous kernel's tail; nothing the
-previous kernel writes is read before the wait, nothing is written before it, and dependents are released only
-after it. Hence, when a kernel starts, the kernel two launches back has finished: ``ssm_step.py`` relies on this
-to read the SSM state early. Every decode kernel here follows these rules.
+Programmatic dependent launch (``PDL``, Hopper; the rules and their proof are in ``kernels/pdl.py``): the first
+weight tile (and U's rows) is loaded *before* ``gdc_wait``, so this kernel's weight traffic overlaps the kernels
+before it; nothing the previous kernel writes is read before the wait and nothing is written before it. In mode
+"after" (the default) dependents are released after the wait; in mode "early" right after the weight loads are
+issued, so the next GEMVs can load their weights too.
 
 Reference: :func:`gemv_ref`. Mirrors nothing in mamba-ssm (it decodes with cuBLAS GEMV and separate norm kernels).
 """
@@ -59,6 +59,8 @@ import triton
 import triton.language as tl
 
 from ..layout import GemvLowRankWeight, GemvTernaryWeight, dequant_ref, lowrank_linear_ref
+from ..pdl import MODES
+from ..pdl import resolve as resolve_pdl
 
 _NORMS = {None: 0, "rms": 1, "gated": 2}
 
@@ -118,9 +120,13 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
                         mask=nmask[:, None] & _lt(cols, KWT, EVEN)[None, :], other=0)
     if ROW_SCALE:
         rs = tl.load(s_ptr + offs_n, mask=nmask, other=0.0).to(tl.float32)
-    if PDL:
-        # Programmatic dependent launch: the weights above overlap the previous kernel (module docstring).
+    # Programmatic dependent launch (kernels/pdl.py): the weights above overlap the kernels before this one.
+    # PDL = 2 ("early"): the next kernel may start loading its own weights now; 1 ("after"): once x is ready.
+    if PDL == 2:
+        tl.extra.cuda.gdc_launch_dependents()
+    if PDL != 0:
         tl.extra.cuda.gdc_wait()
+    if PDL == 1:
         tl.extra.cuda.gdc_launch_dependents()
 
     # ---- prologue: norm statistics of this activation row ----
@@ -272,16 +278,6 @@ def default_config(N: int, K: int, ternary: bool, bits: int = 2) -> dict:
     return dict(BN=4 if N < 16384 else 8, BKW=512 if K >= 512 else triton.next_power_of_2(K), num_warps=4)
 
 
-def pdl_supported() -> bool:
-    """Programmatic dependent launch: Hopper or newer, a Triton that exposes it, not the interpreter, and not
-    switched off with ``SSMQUANT_PDL=0``."""
-    if os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
-        return False
-    if os.environ.get("SSMQUANT_PDL", "1") == "0":
-        return False
-    return torch.cuda.get_device_capability()[0] >= 9 and hasattr(tl.extra.cuda, "gdc_wait")
-
-
 def gemv(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch.Tensor | None = None,
          norm_group: int | None = None, eps: float = 1e-5, residual: torch.Tensor | None = None,
          out: torch.Tensor | None = None, out_dtype: torch.dtype = torch.float32, config: dict | None = None,
@@ -324,9 +320,7 @@ def gemv(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch
     if residual is not None and residual.shape != (M, N):
         raise ValueError(f"residual must be ({M}, {N})")
     cfg = dict(default_config(N, K, ternary, weight.bits if ternary else 2), **(config or {}))
-    pdl = cfg.pop("pdl", None)
-    if pdl is None:
-        pdl = pdl_supported()
+    pdl = resolve_pdl(cfg.pop("pdl", None))
     if ternary:
         w_ptr, stride_wn, s_ptr, stride_sn = weight.words, weight.words.stride(0), weight.scale, weight.scale.stride(0)
         G, KW, bits = weight.group_size, weight.words_per_block, weight.bits
@@ -347,7 +341,8 @@ def gemv(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch
         u, us, t, t.stride(0), R, N, K, eps,
         G=G, KW=KW, TERNARY=ternary, NORM=_NORMS[norm], NORM_GS=gs, NORM_NG=ng,
         NG_P2=triton.next_power_of_2(ng), ADD_RES=residual is not None, BN=cfg["BN"], BKW=cfg["BKW"],
-        BK_NORM=min(1024, triton.next_power_of_2(gs)), ROW_SCALE=row_scale is not None, PDL=pdl, BITS=bits,
+        BK_NORM=min(1024, triton.next_power_of_2(gs)), ROW_SCALE=row_scale is not None, PDL=MODES.index(pdl),
+        BITS=bits,
         LOWRANK=R > 0, RP=triton.next_power_of_2(max(R, 1)), **({"maxnreg": cfg["maxnreg"]} if cfg.get("maxnreg") else {}),
         STATS=ternary and bits == 2 and norm is not None and ng == 1,
         EVEN=ternary and bits == 2 and N % cfg["BN"] == 0 and (K // 16) % cfg["BKW"] == 0,

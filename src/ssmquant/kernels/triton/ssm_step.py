@@ -13,7 +13,8 @@ channels, a few hundred FMAs); only the group's first program writes their conv 
 
 Programmatic dependent launch (``PDL``): everything that predates this step (the state tile, the ring's older taps
 and their part of the conv, the parameters) is loaded before ``gdc_wait``, so only the in_proj output is read
-after the in_proj GEMV has finished (see ``gemv.py`` for the rules every decode kernel follows).
+after the in_proj GEMV has finished. Reading the state early is safe only because this kernel releases its
+dependents after its wait, whatever the GEMVs do (``kernels/pdl.py`` has the rules and why they suffice).
 
 Conv state as a ring buffer. mamba-ssm rolls its (b, conv_dim, d_conv) window left each step; here programs read
 the B/C window that another program writes, so a roll would race. Instead the step with token counter ``T`` (a
@@ -30,6 +31,8 @@ import torch
 import torch.nn.functional as F
 import triton
 import triton.language as tl
+
+from ..pdl import resolve as resolve_pdl
 
 
 @triton.jit
@@ -115,13 +118,13 @@ def _ssm_step_kernel(zx_ptr, stride_zm, convw_ptr, convb_ptr, ring_ptr, stride_r
 def ssm_step(zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.Tensor, ring: torch.Tensor,
              dt_bias: torch.Tensor, A: torch.Tensor, D: torch.Tensor, state: torch.Tensor, pos: torch.Tensor, *,
              ngroups: int, h_out: torch.Tensor | None = None, BP: int = 16, num_warps: int = 4,
-             pdl: bool | None = None) -> torch.Tensor:
+             pdl: bool | str | None = None) -> torch.Tensor:
     """One mixer step between the projections. Returns h = y * silu(z): (b, e) fp32; updates ``ring``, ``state``.
 
     zxbcdt (b, 2e + 2gn + h) in the model dtype; conv_weight (conv_dim, d_conv) fp32; conv_bias (conv_dim,) fp32;
     ring (b, conv_dim, d_conv) model dtype; dt_bias, A (= -exp(A_log)), D: (h,) fp32; state (b, h, p, n) fp32,
     contiguous; pos: int32 device scalar (the token counter ``T``, see the module docstring). ``pdl``: launch with
-    programmatic dependent launch (default: where supported, see ``gemv.pdl_supported``).
+    programmatic dependent launch (default: where supported, ``kernels/pdl.py``; any mode releases after the wait).
     """
     b, h, p, n = state.shape
     conv_dim, dconv = conv_weight.shape
@@ -138,9 +141,8 @@ def ssm_step(zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
         raise ValueError(f"headdim={p} must be a multiple of BP={BP}")
     if h_out is None:
         h_out = torch.empty(b, e, device=zxbcdt.device, dtype=torch.float32)
-    if pdl is None:
-        from .gemv import pdl_supported
-        pdl = pdl_supported()
+    # Whatever the GEMVs' mode, this kernel releases its dependents only after its wait (kernels/pdl.py, rule 3).
+    pdl = bool(resolve_pdl(pdl))
     _ssm_step_kernel[(h, p // BP, b)](
         zxbcdt, zxbcdt.stride(0), conv_weight, conv_bias, ring, ring.stride(0), dt_bias, A, D, state,
         state.stride(0), h_out, h_out.stride(0), pos, E=e, NH=h, P=p, NS=n, NG=ngroups, DCONV=dconv, BP=BP,
