@@ -65,6 +65,21 @@ def _compare(m, batch=2, steps=3, **dec_kw):
     return dec, prompt
 
 
+@pytest.mark.parametrize("kind", ["ternary", "fp16"])
+def test_fast_decoder_batched_step(kind):
+    """From GEMM_MIN_BATCH rows the step runs a norm kernel and a tensor-core product (ternary: residual added in
+    the GEMM's epilogue): teacher-forced logits match the model, greedy tokens the PyTorch loop."""
+    from ssmquant.kernels.prefill import GEMM_MIN_BATCH
+
+    m = _ternary_tiny(seed=5) if kind == "ternary" else tiny_model(seed=5, d_model=32, n_layer=2, d_state=16,
+                                                                       headdim=16).to(DTYPE).to(DEVICE)
+    dec, prompt = _compare(m, batch=GEMM_MIN_BATCH, steps=2)
+    out = dec.generate(prompt, 3, use_graph=DEVICE == "cuda")
+    with torch.no_grad():
+        expect = m.generate(prompt, 3, temperature=0, vocab_size=m.config.vocab_size, fast=False)
+    assert (out == expect).float().mean() > 0.95
+
+
 @pytest.mark.parametrize("rank,scaffold_bits", [(0, 2), (8, 2), (8, 1)])
 def test_fast_decoder_runs_dfssm_models(rank, scaffold_bits):
     m = _dfssm_tiny(rank)
@@ -108,15 +123,50 @@ def test_fast_decoder_dense_fp16_gpu_graph():
 
 
 @pytest.mark.gpu
-def test_pdl_launches_give_identical_logits_gpu():
-    """Programmatic dependent launch reorders nothing it must not: logits equal those of plain launches."""
-    m = _ternary_tiny(seed=15)
-    dec_on, prompt = _compare(m)
-    dec_off = _compare(m, gemv_configs={"in_proj": {"pdl": False}, "out_proj": {"pdl": False},
-                                        "head": {"pdl": False}, "ssm": {"pdl": False}})[0]
-    a = dec_on.generate(prompt, 4)
-    b = dec_off.generate(prompt, 4)
-    assert torch.equal(a, b)
+@pytest.mark.parametrize("kind", ["ternary", "dfssm"])
+def test_pdl_launches_give_identical_logits_gpu(kind):
+    """Programmatic dependent launch reorders nothing it must not (kernels/pdl.py): with dependents released early
+    or after the wait, logits and tokens equal those of plain launches. DF-SSM runs four GEMVs between two SSM
+    steps, the longest chain the rules allow."""
+    m = _ternary_tiny(seed=15) if kind == "ternary" else _dfssm_tiny(4, seed=15)
+    dec_off, prompt = _compare(m, steps=6, gemv_configs={"pdl": False})
+    assert dec_off.pdl is False
+    forced = torch.randint(0, 100, (prompt.shape[0], 6), device="cuda")
+    want_logits = dec_off.teacher_forced_logits(prompt, forced)
+    want = dec_off.generate(prompt, 6)
+    for mode in ("after", "early"):
+        dec = _compare(m, steps=6, gemv_configs={"pdl": mode})[0]
+        assert dec.pdl == mode
+        # The kernels of each mode are compiled separately, so only the tokens are compared exactly.
+        assert rel_err(dec.teacher_forced_logits(prompt, forced), want_logits) < 1e-5, mode
+        assert torch.equal(dec.generate(prompt, 6), want), mode
+
+
+@pytest.mark.gpu
+def test_pdl_early_release_at_scale_gpu():
+    """Early release on a decoder whose kernels are long enough to overlap (1.3B-wide layers, 4 of them, batch
+    2): every step's logits equal those of launches without PDL (to fp32 rounding: the kernels are compiled
+    separately) and the tokens are identical, under the CUDA graph."""
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import FastDecoder
+    from ssmquant.kernels.pdl import pdl_mode
+
+    if not pdl_mode():
+        pytest.skip("no programmatic dependent launch on this GPU")
+    m = random_model("1.3b", weights="ternary", n_layer=4)
+    prompt = torch.randint(0, 50000, (2, 8), device="cuda")
+    outs = {}
+    for mode in (False, "early"):
+        dec = FastDecoder(m, 2, 32, gemv_configs={"pdl": mode})
+        dec.start(prompt)
+        dec.capture()
+        logits = []
+        for _ in range(24):
+            dec.graph.replay()
+            logits.append(dec.logits.clone())
+        outs[mode] = (torch.stack(logits), dec.ids.clone())
+    assert rel_err(outs["early"][0], outs[False][0]) < 1e-5
+    assert torch.equal(outs[False][1], outs["early"][1])
 
 
 @pytest.mark.gpu

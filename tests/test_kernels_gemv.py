@@ -95,6 +95,13 @@ def test_ternary_matmul_matches_reference():
     x = torch.randn(20, 128, device=DEVICE).half()
     out = ternary_matmul(x, w, BM=16, BN=32)
     assert rel_err(out, ternary_linear_ref(x, w)) < 2e-3
+    # Residual epilogue, written in place into the fp32 residual (batched decode's out_proj), default tiles.
+    res = torch.randn(20, 48, device=DEVICE)
+    want = ternary_linear_ref(x, w).float() + res
+    got = ternary_matmul(x, w, out=res, residual=res)
+    assert got is res and rel_err(res, want) < 2e-3
+    with pytest.raises(ValueError, match="out must be"):
+        ternary_matmul(x, w, out=torch.empty(20, 47, device=DEVICE))
 
 
 @pytest.mark.gpu
@@ -114,7 +121,7 @@ def test_gemv_real_shapes_gpu(N, K):
     res = torch.randn(4, N, device="cuda")
     for norm in ("rms", "gated"):
         ref = gemv_ref(xf, w, norm=norm, norm_weight=nw, residual=res)
-        for pdl in (False, True):
+        for pdl in (False, "after", "early"):
             got = gemv(xf, w, norm=norm, norm_weight=nw, residual=res, config=dict(pdl=pdl))
             err = rel_err(got, ref)
             assert err < 1e-6, f"{norm} pdl={pdl}: rel err {err:.2e}, max abs diff {(got - ref).abs().max():.3e}"
@@ -204,7 +211,7 @@ def test_gemv_1bit_and_lowrank_real_shapes_gpu(N, K):
     nw = torch.rand(K, device="cuda") + 0.5
     for M in (1, 4):
         x = torch.randn(M, K, device="cuda")
-        for pdl in (False, True):
+        for pdl in (False, "after", "early"):
             for w in (w1, lw1, lw2):
                 got = gemv(x, w, norm="rms", norm_weight=nw, config=dict(pdl=pdl))
                 err = rel_err(got, gemv_ref(x, w, norm="rms", norm_weight=nw))

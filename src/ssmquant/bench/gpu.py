@@ -67,12 +67,18 @@ class DecodeBenchConfig:
     head: str = "fp16"                # fp16 | int8: the (tied) embedding and LM head of the measured model
     scaffold_bits: int = 2            # DF-SSM scaffold words on the GPU: 2 (signs as ternary codes) or 1
     mma: str = "auto"                 # ternary projections on the tensor-core GEMV: auto | on | off
+    pdl: str = "default"              # programmatic dependent launch (kernels/pdl.py): default | early | after | off
 
     def __post_init__(self):
         if self.weights not in ("ternary", "dfssm", "fp16"):
             raise ValueError(f"weights={self.weights!r}: use ternary, dfssm or fp16")
         if self.head not in ("fp16", "int8"):
             raise ValueError(f"head={self.head!r}: use fp16 or int8")
+        if self.pdl not in _PDL:
+            raise ValueError(f"pdl={self.pdl!r}: use one of {', '.join(_PDL)}")
+
+
+_PDL = {"default": None, "early": "early", "after": "after", "off": False}
 
 
 def _time_decoder(dec, prompt, cfg: DecodeBenchConfig) -> dict:
@@ -136,7 +142,12 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
 
     g = torch.Generator(device="cuda").manual_seed(0)
     prompt = torch.randint(0, 50277, (cfg.batch, cfg.prompt_len), device="cuda", generator=g)
+    from ..kernels.pdl import resolve as resolve_pdl
+
     result = {"benchmark": "decode", "config": asdict(cfg), "env": environment()}
+    pdl = resolve_pdl(_PDL[cfg.pdl])
+    result["pdl_mode"] = pdl
+    gemv_configs = {"pdl": pdl, **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
     rows = {}
     if cfg.weights == "fp16" or cfg.baseline:
@@ -171,6 +182,16 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
             # The same model with every ternary projection on the Triton GEMV, for the tensor-core GEMV's gain.
             dec = FastDecoder(model, cfg.batch, cfg.new_tokens, gemv_configs={**(gemv_configs or {}), "mma": False})
             rows[main_key.replace("_fast", "_triton_gemv_fast")] = {
+                **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
+                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
+            del dec
+        if cfg.baseline and pdl:
+            # The same decoder in the other PDL release mode (kernels/pdl.py): "early" beside "after" and back.
+            other = "early" if pdl == "after" else "after"
+            dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
+                              gemv_configs={**gemv_configs, "scaffold_bits": cfg.scaffold_bits, "mma": mma,
+                                            "pdl": other})
+            rows[main_key.replace("_fast", f"_pdl_{other}_fast")] = {
                 **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
                 "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
             del dec
@@ -249,22 +270,28 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
     """Packed GEMVs (ours) vs cuBLAS fp16 GEMV at the in_proj / out_proj / head shapes of a preset.
 
     Timed inside a CUDA graph over ``copies`` rotating weight sets (more bytes than L2 holds), so every call reads
-    its weights from HBM. Rows: ``ternary`` = gemv.py on 2-bit words, with programmatic dependent launch where
-    supported (``ternary_nopdl`` without); ``ternary_mma`` = the tensor-core GEMV (kernels/cuda/ternary_mma.py) on
-    the same codes (``ternary_mma_nopdl`` without PDL); ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
+    its weights from HBM. Rows: ``ternary`` = gemv.py on 2-bit words, with programmatic dependent launch in the
+    default mode where supported (kernels/pdl.py: dependents released after the wait), ``ternary_pdl_early`` with
+    dependents released before it (each launch lets the next one load its weights early), ``ternary_nopdl``
+    without PDL; ``ternary_mma`` = the tensor-core GEMV (kernels/cuda/ternary_mma.py) on the same codes
+    (``_pdl_early``, ``_nopdl`` likewise); from 16 rows ``ternary_gemm`` = the tensor-core product (triton/gemm.py) that
+    ``FastDecoder`` runs there; ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
     + rank-R int8 correction (two launches: V x, then scaffold + U t); head: fp16 (cuBLAS, gemv.py) and int8 rows
     (gemv.py). Bytes = weights + scales (+ factors) + activations + output.
     """
     from ..kernels.cuda.ternary_mma import mma_gemv, mma_gemv_error, mma_supported
     from ..kernels.layout import GemvLowRankWeight, pack_gemv
     from ..kernels.layout_mma import mma_from_gemv
-    from ..kernels.triton.gemv import gemv, gemv_ref, pdl_supported
+    from ..kernels.pdl import pdl_mode
+    from ..kernels.prefill import GEMM_MIN_BATCH
+    from ..kernels.triton.gemm import ternary_matmul
+    from ..kernels.triton.gemv import gemv, gemv_ref
     from ..model.config import preset_config
 
     mc = preset_config(cfg.preset)
     peak = copy_bandwidth()
     out = {"benchmark": "gemv", "config": asdict(cfg), "env": environment(), "copy_bandwidth_GBps": peak / 1e9,
-           "pdl": pdl_supported(), "shapes": {}}
+           "pdl": pdl_mode(), "shapes": {}}
     M, G = cfg.batch, cfg.group_size
     for name, (N, K) in {"in_proj": (mc.d_in_proj, mc.d_model), "out_proj": (mc.d_model, mc.d_inner),
                          "head": (mc.padded_vocab_size, mc.d_model)}.items():
@@ -291,8 +318,11 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
             _best(row, "ternary", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in tern], configs,
                   cfg.reps, tern[0].nbytes() + io, peak)
             best_c = _best_config(row, "ternary")
-            _best(row, "ternary_nopdl", lambda c: [lambda w=w: gemv(x, w, out=y, config=dict(pdl=False, **(c or {})))
-                                                   for w in tern], [best_c], cfg.reps, tern[0].nbytes() + io, peak)
+            for key, mode in (("ternary_pdl_early", "early"), ("ternary_nopdl", False)):
+                if mode and not pdl_mode():
+                    continue
+                _best(row, key, lambda c: [lambda w=w: gemv(x, w, out=y, config={**(c or {}), "pdl": mode})
+                                           for w in tern], [best_c], cfg.reps, tern[0].nbytes() + io, peak)
             if mma_supported() and not mma_gemv_error(M, N, K, G):
                 # The tensor-core GEMV (kernels/cuda/ternary_mma.py) on the same codes, repacked.
                 mws = [mma_from_gemv(w) for w in tern]
@@ -303,10 +333,22 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
                 _best(row, "ternary_mma", lambda c: [lambda w=w: mma_gemv(x, w, out=y, **(c or {})) for w in mws],
                       mconfigs, cfg.reps, mws[0].nbytes() + io, peak)
                 best_m = _best_config(row, "ternary_mma")
-                _best(row, "ternary_mma_nopdl", lambda c: [lambda w=w: mma_gemv(x, w, out=y, pdl=False, **(c or {}))
-                                                           for w in mws], [best_m], cfg.reps, mws[0].nbytes() + io,
-                      peak)
+                for key, mode in (("ternary_mma_pdl_early", "early"), ("ternary_mma_nopdl", False)):
+                    if mode and not pdl_mode():
+                        continue
+                    _best(row, key, lambda c: [lambda w=w: mma_gemv(x, w, out=y, **{**(c or {}), "pdl": mode})
+                                               for w in mws], [best_m], cfg.reps, mws[0].nbytes() + io, peak)
                 del mws
+            if M >= GEMM_MIN_BATCH:
+                # What FastDecoder runs from GEMM_MIN_BATCH rows: the tensor-core ternary product (triton/gemm.py).
+                ref = gemv_ref(x, tern[-1])
+                row["ternary_gemm_rel_err"] = ((ternary_matmul(x, tern[-1], out_dtype=torch.float32) - ref).norm()
+                                               / ref.norm()).item()
+                gconfigs = [None] + ([dict(BM=bm, BN=bn, num_warps=nw, num_stages=st) for bm in (16, 32, 64)
+                                      for bn in (32, 64, 128) for nw in (4, 8) for st in (2, 3) if bm <= max(16, M)]
+                                     if cfg.sweep else [])
+                _best(row, "ternary_gemm", lambda c: [lambda w=w: ternary_matmul(x, w, out=y, **(c or {}))
+                                                      for w in tern], gconfigs, cfg.reps, tern[0].nbytes() + io, peak)
             bconfigs = [None] + ([dict(BN=bn, BKW=bkw, num_warps=4) for bn, bkw in ((16, 64), (32, 32), (64, 64))]
                                  if cfg.sweep else [])
             _best(row, "scaffold1", lambda c: [lambda w=w: gemv(x, w, out=y, config=c) for w in bins], bconfigs,

@@ -19,10 +19,11 @@ states, the logits. One decode step is
 
 so 3 kernels per layer against about 10 in mamba-ssm's step (DF-SSM: 5, each projection adds its ``V x``
 GEMV). On Hopper the layer kernels are launched with programmatic dependent launch, so each one's weight loads
-overlap the previous kernel (``gemv.py`` has the rules). Ternary projections run the Triton GEMV or the
+overlap the kernels before it (``pdl.py`` has the rules). Ternary projections run the Triton GEMV or the
 tensor-core one (``cuda/ternary_mma.py``), chosen per projection and batch size (:func:`_mma_or`). At batch >=
-``GEMM_MIN_BATCH`` ternary and dense
-projections switch to tensor-core products (``gemm.py`` / cuBLAS) with the norms in PyTorch.
+``GEMM_MIN_BATCH`` ternary and dense projections switch to a norm kernel (``rmsnorm.py``, where its power-of-two
+rows fit; else PyTorch) and a tensor-core product: ``gemm.py``, with out_proj's residual added in its epilogue,
+or cuBLAS.
 The step reads every index from device memory, so it is captured once into a CUDA graph and replayed per token
 with no host synchronisation; the prompt is prefilled by the model's own forward with its ternary projections
 swapped for Triton ones (``prefill.prefill_model``), and its cache is copied into the static buffers (the conv ring at
@@ -45,10 +46,13 @@ import triton.language as tl
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
 from .layout_mma import MmaTernaryWeight, mma_from_gemv
+from .pdl import resolve as resolve_pdl
 from .prefill import GEMM_MIN_BATCH, FastLinear, prefill_model
 from .prefill import fast_weight as _fast_weight
 from .triton.gemm import ternary_matmul
-from .triton.gemv import gemv
+from .triton.gemv import gemv, norm_ref
+from .triton.rmsnorm import rms_norm_fused
+from .triton.rmsnorm import supported as rmsnorm_supported
 from .triton.ssm_step import ssm_step
 
 
@@ -116,8 +120,10 @@ class FastDecoder:
 
     ``gemv_configs``: per-kernel overrides, keys "in_proj", "out_proj", "head" (tile configs of
     ``gemv``; "in_proj_lr" / "out_proj_lr" for DF-SSM's ``V x`` GEMV; "in_proj_mma" / "out_proj_mma": keyword
-    arguments of ``mma_gemv``), "mma" (the tensor-core GEMV for ternary projections: "auto", True or False, see
-    :func:`_mma_or`), "ssm" (``ssm_step`` keyword
+    arguments of ``mma_gemv``; "in_proj_gemm" / "out_proj_gemm": tiles of ``gemm.ternary_matmul`` from
+    ``GEMM_MIN_BATCH`` rows), "mma" (the tensor-core GEMV for ternary projections: "auto", True or False, see
+    :func:`_mma_or`), "pdl" (every kernel's programmatic dependent launch mode: False, "after" or "early";
+    default ``pdl.pdl_mode()``), "ssm" (``ssm_step`` keyword
     arguments) and "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
     here; 1 = one bit per weight, half the bytes).
     """
@@ -139,6 +145,8 @@ class FastDecoder:
         self.gemv_configs = dict(gemv_configs or {})
         sb = self.gemv_configs.pop("scaffold_bits", 2)
         mma = self.gemv_configs.pop("mma", "auto")
+        pdl = resolve_pdl(self.gemv_configs.pop("pdl", None))            # checked everywhere, used on CUDA
+        self.pdl = pdl if dev.type == "cuda" else False
         if mma is not False and (dev.type != "cuda" or not mma_supported()):
             mma = False
         # The tensor-core GEMV writes fp16 or fp32 (in_proj writes zx in the model dtype; out_proj the fp32
@@ -193,31 +201,33 @@ class FastDecoder:
         every batch size), norm + tensor-core product (ternary GEMM / cuBLAS) above."""
         cfg = self.cfg
         group = cfg.d_inner // cfg.ngroups if norm == "gated" else None
+        pdl = {"pdl": self.pdl}
         kw = dict(norm=norm, norm_weight=norm_w, norm_group=group, eps=cfg.norm_eps, residual=residual, out=out,
-                  config=self.gemv_configs.get(key))
+                  config={**pdl, **(self.gemv_configs.get(key) or {})})
         if isinstance(w, GemvLowRankWeight):
-            return gemv(x, w, lowrank_config=self.gemv_configs.get(key + "_lr"), **kw)
+            return gemv(x, w, lowrank_config={**pdl, **(self.gemv_configs.get(key + "_lr") or {})}, **kw)
         if isinstance(w, MmaTernaryWeight):
             return mma_gemv(x, w, norm=norm, norm_weight=norm_w, norm_group=group, eps=cfg.norm_eps,
-                            residual=residual, out=out, **(self.gemv_configs.get(key + "_mma") or {}))
-        packed = isinstance(w, GemvTernaryWeight)
+                            residual=residual, out=out, **{**pdl, **(self.gemv_configs.get(key + "_mma") or {})})
         if x.shape[0] < GEMM_MIN_BATCH:
             return gemv(x, w, row_scale=row_scale, **kw)
-        xf = x.float()
-        if norm == "rms":
-            xn = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + cfg.norm_eps) * norm_w
+        # Batched step: one norm kernel, then a tensor-core product that writes ``out`` (ternary: with the residual
+        # added in its epilogue), instead of a dozen elementwise PyTorch kernels per projection.
+        gs = group if norm == "gated" else x.shape[-1]
+        if x.is_cuda and rmsnorm_supported(x, gs):
+            xn = rms_norm_fused(x, norm_w, cfg.norm_eps, group_size=gs, out_dtype=self.dtype)
         else:
-            hg = xf.unflatten(-1, (-1, group))
-            xn = (hg * torch.rsqrt(hg.pow(2).mean(-1, keepdim=True) + cfg.norm_eps)).flatten(-2) * norm_w
-        xn = xn.to(self.dtype)
-        if packed:
-            y = ternary_matmul(xn, w)
-        elif row_scale is not None:
+            xn = norm_ref(x, norm, norm_w, group, cfg.norm_eps).to(self.dtype)
+        if isinstance(w, GemvTernaryWeight):
+            return ternary_matmul(xn, w, out=out, residual=residual, **(self.gemv_configs.get(key + "_gemm") or {}))
+        if row_scale is not None:
             # int8 head at large batch: dequantized per step (no int8 GEMM kernel here).
             y = F.linear(xn, w.to(self.dtype)).float() * row_scale.float()
         else:
             y = F.linear(xn, w)
-        if residual is not None:
+        if residual is out:
+            out.add_(y)
+        elif residual is not None:
             out.copy_(residual + y.float())
         else:
             out.copy_(y)
@@ -232,7 +242,7 @@ class FastDecoder:
         for i, L in enumerate(self.layers):
             self._proj(self.residual, L.in_w, norm="rms", norm_w=L.norm_w, out=self.zx, key="in_proj")
             ssm_step(self.zx, L.conv_w, L.conv_b, self.rings[i], L.dt_bias, L.A, L.D, self.states[i], self.pos,
-                     ngroups=cfg.ngroups, h_out=self.h, **self.gemv_configs.get("ssm", {}))
+                     ngroups=cfg.ngroups, h_out=self.h, **{"pdl": self.pdl, **self.gemv_configs.get("ssm", {})})
             self._proj(self.h, L.out_w, norm="gated", norm_w=L.gnorm_w, out=self.residual, residual=self.residual,
                        key="out_proj")
         self._proj(self.residual, self.head_w, norm="rms", norm_w=self.norm_f, out=self.logits, key="head",

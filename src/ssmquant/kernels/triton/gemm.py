@@ -22,8 +22,9 @@ from ..layout import CODES_PER_WORD, GemvTernaryWeight
 
 
 @triton.jit
-def _ternary_mm_kernel(x_ptr, stride_xm, w_ptr, stride_wn, s_ptr, stride_sn, out_ptr, stride_om, M, N, K,
-                       G: tl.constexpr, KW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr):
+def _ternary_mm_kernel(x_ptr, stride_xm, w_ptr, stride_wn, s_ptr, stride_sn, out_ptr, stride_om, res_ptr, stride_rm,
+                       M, N, K, G: tl.constexpr, KW: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
+                       GROUP_M: tl.constexpr, ADD_RES: tl.constexpr):
     KB: tl.constexpr = KW * 16
     # Grouped ordering of the tiles so consecutive programs share weight tiles in L2.
     pid = tl.program_id(0)
@@ -49,13 +50,38 @@ def _ternary_mm_kernel(x_ptr, stride_xm, w_ptr, stride_wn, s_ptr, stride_sn, out
         xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + b * KB + kk[None, :], mask=mmask[:, None], other=0.0)
         sc = tl.load(s_ptr + offs_n * stride_sn + (b * KB) // G, mask=nmask, other=0.0).to(tl.float32)
         acc += tl.dot(xt.to(tl.float16), tl.trans(wt)) * sc[None, :]
+    if ADD_RES:
+        # Residual epilogue (batched decode's out_proj): fp32, read before the store, so ``out`` may be ``res``.
+        acc += tl.load(res_ptr + offs_m[:, None] * stride_rm + offs_n[None, :],
+                       mask=mmask[:, None] & nmask[None, :], other=0.0).to(tl.float32)
     tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
              mask=mmask[:, None] & nmask[None, :])
 
 
+def default_tiles(M: int, K: int) -> dict:
+    """Launch settings for M rows of K inputs.
+
+    Batched decode (M <= 64): the smallest BM of 16 / 32 / 64 that holds M (padding rows cost a whole tile's
+    decode) and narrow BN (more programs, each decoding fewer weights). Measured on H100 at 1.3B's shapes
+    (``benchmarks/gemm_tiles.py``, benchmarks/RESULTS.md): in_proj (K 2048) at 16 rows 16.4 us against 23.9 with
+    BN 64, 4 warps, 2 stages (the previous tiles), out_proj (K 4096) 16.0 against 40.7; 64 rows 23.4 / 17.0
+    against 29.5 / 45.8.
+    Long rows (K >= 4096) want more warps and stages in flight. Above 64 rows (prefill) the 64 x 64 tiles stay."""
+    if M > 64:
+        return dict(BM=64, BN=64, num_warps=4, num_stages=2)
+    bm = 16 if M <= 16 else 32 if M <= 32 else 64
+    if K >= 4096:
+        return dict(BM=bm, BN=16, num_warps=4, num_stages=4)
+    if M <= 32:
+        return dict(BM=bm, BN=16, num_warps=2, num_stages=3)
+    return dict(BM=bm, BN=32, num_warps=4, num_stages=3)
+
+
 def ternary_matmul(x: torch.Tensor, w: GemvTernaryWeight, *, out_dtype: torch.dtype | None = None,
-                   BM: int = 64, BN: int = 64, num_warps: int = 4, num_stages: int = 2) -> torch.Tensor:
-    """x (M, K) fp16 -> (M, N) in ``out_dtype`` (default x's dtype)."""
+                   out: torch.Tensor | None = None, residual: torch.Tensor | None = None, **tiles) -> torch.Tensor:
+    """x (M, K) fp16 -> (M, N) in ``out_dtype`` (default fp16), or into ``out`` (M, N), unit column stride.
+    ``residual`` (M, N) is added in fp32 (``out`` may be ``residual``: the in-place residual update). ``tiles``:
+    any of BM, BN, num_warps, num_stages, overriding :func:`default_tiles`."""
     N, K = w.shape
     if x.dim() != 2 or x.shape[1] != K:
         raise ValueError(f"x must be (M, {K}), got {tuple(x.shape)}")
@@ -63,11 +89,22 @@ def ternary_matmul(x: torch.Tensor, w: GemvTernaryWeight, *, out_dtype: torch.dt
     if x.stride(1) != 1:
         x = x.contiguous()
     M = x.shape[0]
-    out = torch.empty(M, N, device=x.device, dtype=out_dtype or torch.float16)
+    if out is None:
+        out = torch.empty(M, N, device=x.device, dtype=out_dtype or torch.float16)
+    elif out.shape != (M, N) or out.stride(1) != 1:
+        raise ValueError(f"out must be ({M}, {N}) with unit column stride, got {tuple(out.shape)}")
+    if residual is not None and (residual.shape != (M, N) or residual.stride(1) != 1):
+        raise ValueError(f"residual must be ({M}, {N}) with unit column stride, got {tuple(residual.shape)}")
     if M == 0:
         return out
-    grid = (triton.cdiv(M, BM) * triton.cdiv(N, BN),)
+    unknown = set(tiles) - {"BM", "BN", "num_warps", "num_stages"}
+    if unknown:
+        raise TypeError(f"ternary_matmul: unknown tile settings {sorted(unknown)}")
+    t = {**default_tiles(M, K), **tiles}
+    res = residual if residual is not None else out
+    grid = (triton.cdiv(M, t["BM"]) * triton.cdiv(N, t["BN"]),)
     _ternary_mm_kernel[grid](x, x.stride(0), w.words, w.words.stride(0), w.scale, w.scale.stride(0), out,
-                             out.stride(0), M, N, K, G=w.group_size, KW=w.block // CODES_PER_WORD, BM=BM, BN=BN,
-                             GROUP_M=8, num_warps=num_warps, num_stages=num_stages)
+                             out.stride(0), res, res.stride(0), M, N, K, G=w.group_size,
+                             KW=w.block // CODES_PER_WORD, BM=t["BM"], BN=t["BN"], GROUP_M=8,
+                             ADD_RES=residual is not None, num_warps=t["num_warps"], num_stages=t["num_stages"])
     return out
