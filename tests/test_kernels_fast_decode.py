@@ -80,6 +80,19 @@ def test_fast_decoder_batched_step(kind):
     assert (out == expect).float().mean() > 0.95
 
 
+@pytest.mark.parametrize("state_dtype", [torch.float16, torch.bfloat16])
+def test_fast_decoder_half_state(state_dtype):
+    """``state_dtype``: the SSM states are stored in half precision (as mamba-ssm keeps them in the model dtype);
+    the logits stay within rounding of the fp32-state model, the buffers have the dtype asked for."""
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    m = _ternary_tiny(seed=9)
+    dec, prompt = _compare(m, steps=4, state_dtype=state_dtype)
+    assert all(s.dtype == state_dtype for s in dec.states)
+    with pytest.raises(ValueError, match="state_dtype"):
+        FastDecoder(m, 2, 4, state_dtype=torch.int8)
+
+
 @pytest.mark.parametrize("rank,scaffold_bits", [(0, 2), (8, 2), (8, 1)])
 def test_fast_decoder_runs_dfssm_models(rank, scaffold_bits):
     m = _dfssm_tiny(rank)

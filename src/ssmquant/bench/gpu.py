@@ -68,6 +68,7 @@ class DecodeBenchConfig:
     scaffold_bits: int = 2            # DF-SSM scaffold words on the GPU: 2 (signs as ternary codes) or 1
     mma: str = "auto"                 # ternary projections on the tensor-core GEMV: auto | on | off
     pdl: str = "default"              # programmatic dependent launch (kernels/pdl.py): default | early | after | off
+    state_dtype: str = "fp32"         # SSM state storage of every fast decoder timed: fp32 | fp16 | bf16
 
     def __post_init__(self):
         if self.weights not in ("ternary", "dfssm", "fp16"):
@@ -76,9 +77,12 @@ class DecodeBenchConfig:
             raise ValueError(f"head={self.head!r}: use fp16 or int8")
         if self.pdl not in _PDL:
             raise ValueError(f"pdl={self.pdl!r}: use one of {', '.join(_PDL)}")
+        if self.state_dtype not in _STATE:
+            raise ValueError(f"state_dtype={self.state_dtype!r}: use one of {', '.join(_STATE)}")
 
 
 _PDL = {"default": None, "early": "early", "after": "after", "off": False}
+_STATE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _time_decoder(dec, prompt, cfg: DecodeBenchConfig) -> dict:
@@ -151,7 +155,7 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
     model = random_model(cfg.preset, weights="fp16")
     rows = {}
     if cfg.weights == "fp16" or cfg.baseline:
-        dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
+        dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
                           gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits})
         rows["fp16_fast"] = {**_time_decoder(dec, prompt, cfg),
                              "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
@@ -171,16 +175,18 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
         if cfg.head == "int8":
             quantize_int8_(model, embedding=True, head=True)      # tied: one int8 tensor, the reference uses it too
         main_key = f"{cfg.weights}{f'_r{cfg.rank}_scaffold{cfg.scaffold_bits}bit' if cfg.weights == 'dfssm' else ''}" \
-                   f"{'_int8head' if cfg.head == 'int8' else ''}_fast"
+                   f"{'_int8head' if cfg.head == 'int8' else ''}" \
+                   f"{f'_state_{cfg.state_dtype}' if cfg.state_dtype != 'fp32' else ''}_fast"
         mma = {"auto": "auto", "on": True, "off": False}[cfg.mma]
-        dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
+        dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
                           gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits, "mma": mma})
         rows[main_key] = {**_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
                           "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
         del dec
-        if cfg.weights == "ternary" and cfg.baseline and mma is not False:
+        if cfg.weights == "ternary" and cfg.baseline and "tensor_core" in rows[main_key]["kernels"].values():
             # The same model with every ternary projection on the Triton GEMV, for the tensor-core GEMV's gain.
-            dec = FastDecoder(model, cfg.batch, cfg.new_tokens, gemv_configs={**(gemv_configs or {}), "mma": False})
+            dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
+                              gemv_configs={**(gemv_configs or {}), "mma": False})
             rows[main_key.replace("_fast", "_triton_gemv_fast")] = {
                 **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
                 "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
@@ -188,10 +194,18 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
         if cfg.baseline and pdl:
             # The same decoder in the other PDL release mode (kernels/pdl.py): "early" beside "after" and back.
             other = "early" if pdl == "after" else "after"
-            dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
+            dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
                               gemv_configs={**gemv_configs, "scaffold_bits": cfg.scaffold_bits, "mma": mma,
                                             "pdl": other})
             rows[main_key.replace("_fast", f"_pdl_{other}_fast")] = {
+                **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
+                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
+            del dec
+        if cfg.baseline and cfg.state_dtype != "fp32":
+            # The same decoder with the fp32 state (the default): what the smaller state buys and costs.
+            dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
+                              gemv_configs={**gemv_configs, "scaffold_bits": cfg.scaffold_bits, "mma": mma})
+            rows[main_key.replace(f"_state_{cfg.state_dtype}", "")] = {
                 **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
                 "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
             del dec

@@ -41,6 +41,9 @@ def register(sub) -> None:
                    help="programmatic dependent launch of the decode kernels (kernels/pdl.py): after (a kernel "
                         "releases the next one after its wait), early (GEMVs release it before) or off; default: "
                         "after on Hopper (SSMQUANT_PDL=early|0 changes it). The run also times the other mode")
+    d.add_argument("--state-dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
+                   help="SSM state storage of the fast decoders (default fp32; fp16 / bf16 halve its traffic, "
+                        "which dominates from batch 16; the run then also times fp32)")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
@@ -107,6 +110,7 @@ def _run_decode(a) -> None:
     cfg = DecodeBenchConfig(preset=a.preset, weights=a.weights, batch=a.batch, prompt_len=a.prompt_len,
                             new_tokens=a.new_tokens, group_size=a.group_size, baseline=not a.no_baseline,
                             rank=a.rank, head=a.head, scaffold_bits=a.scaffold_bits, mma=a.mma, pdl=a.pdl,
+                            state_dtype=a.state_dtype,
                             **({"reps": a.reps} if a.reps else {}))
     _emit(bench_decode(cfg), a.output)
 

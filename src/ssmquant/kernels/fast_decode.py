@@ -6,8 +6,8 @@ How this works
 (``nn.Linear``, run in fp16), ternary (``quant.layers.PackedTernaryLinear``) or DF-SSM
 (``quant.binary_lowrank.PackedBinaryLowRankLinear``: 1-bit scaffold + int8 ``U V``), the packed ones repacked once
 into the layout of ``kernels/layout.py``; an int8 embedding / head (``quant.int8``) is read as int8. It owns static
-buffers: token ids, a device token counter ``pos``, the fp32 residual stream, per-layer conv rings and fp32 SSM
-states, the logits. One decode step is
+buffers: token ids, a device token counter ``pos``, the fp32 residual stream, per-layer conv rings and SSM
+states (fp32, or fp16 / bf16 with ``state_dtype``), the logits. One decode step is
 
     embed ids[:, pos]                                   1 kernel
     per layer:  in_proj GEMV with fused residual RMSNorm  1 kernel   (gemv.py or cuda/ternary_mma.py, norm="rms")
@@ -126,10 +126,14 @@ class FastDecoder:
     default ``pdl.pdl_mode()``), "ssm" (``ssm_step`` keyword
     arguments) and "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
     here; 1 = one bit per weight, half the bytes).
+
+    ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
+    fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
+    read and write, which dominate from batch 16 (1.3B: 2 MB per sequence per layer in fp32).
     """
 
     def __init__(self, model: nn.Module, batch_size: int, max_new_tokens: int, *, dtype=None,
-                 gemv_configs: dict | None = None):
+                 gemv_configs: dict | None = None, state_dtype: torch.dtype = torch.float32):
         from ..quant.int8 import Int8Embedding, Int8Linear
 
         cfg = model.config
@@ -190,7 +194,9 @@ class FastDecoder:
         self.h = torch.zeros(M, cfg.d_inner, dtype=torch.float32, **kw)
         self.logits = torch.zeros(M, self.head_w.shape[0], dtype=torch.float32, **kw)
         self.rings = [torch.zeros(M, cfg.conv_dim, cfg.d_conv, dtype=dtype, **kw) for _ in self.layers]
-        self.states = [torch.zeros(M, cfg.nheads, cfg.headdim, cfg.d_state, dtype=torch.float32, **kw)
+        if state_dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            raise ValueError(f"state_dtype={state_dtype}: use torch.float32, float16 or bfloat16")
+        self.states = [torch.zeros(M, cfg.nheads, cfg.headdim, cfg.d_state, dtype=state_dtype, **kw)
                        for _ in self.layers]
         self.temperature, self.top_k = 0.0, 0
         self.graph: torch.cuda.CUDAGraph | None = None

@@ -72,7 +72,7 @@ def _ssm_step_kernel(zx_ptr, stride_zm, convw_ptr, convb_ptr, ring_ptr, stride_r
     # Everything up to the wait predates this step (state, ring, parameters): with programmatic dependent launch
     # it overlaps the in_proj GEMV that produces zxbcdt. The state tile is the bulk of the bytes: issued first.
     sp = state_ptr + m * stride_sm + hd * P * NS + pp[:, None] * NS + nn[None, :]
-    S = tl.load(sp)
+    S = tl.load(sp).to(tl.float32)
     T = tl.load(pos_ptr)
     zx_row = zx_ptr + m * stride_zm
     ring_row = ring_ptr + m * stride_rm
@@ -108,7 +108,8 @@ def _ssm_step_kernel(zx_ptr, stride_zm, convw_ptr, convb_ptr, ring_ptr, stride_r
     dt = tl.where(dt > 20.0, dt, tl.log(1.0 + tl.exp(dt)))          # softplus, torch's threshold
     dA = tl.exp(dt * A)
     S = S * dA + (dt * x)[:, None] * Bv[None, :]
-    tl.store(sp, S)
+    # The state is kept in its buffer's dtype (fp32, or fp16 / bf16 to halve its traffic); y uses the fp32 value.
+    tl.store(sp, S.to(state_ptr.dtype.element_ty))
     y = tl.sum(S * Cv[None, :], 1)
     y = y.to(zx_ptr.dtype.element_ty).to(tl.float32) + x * Dh
     z = tl.load(zx_row + hd * P + pp).to(tl.float32)
@@ -122,8 +123,8 @@ def ssm_step(zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
     """One mixer step between the projections. Returns h = y * silu(z): (b, e) fp32; updates ``ring``, ``state``.
 
     zxbcdt (b, 2e + 2gn + h) in the model dtype; conv_weight (conv_dim, d_conv) fp32; conv_bias (conv_dim,) fp32;
-    ring (b, conv_dim, d_conv) model dtype; dt_bias, A (= -exp(A_log)), D: (h,) fp32; state (b, h, p, n) fp32,
-    contiguous; pos: int32 device scalar (the token counter ``T``, see the module docstring). ``pdl``: launch with
+    ring (b, conv_dim, d_conv) model dtype; dt_bias, A (= -exp(A_log)), D: (h,) fp32; state (b, h, p, n) fp32
+    (or fp16 / bf16: updated in fp32, stored rounded), contiguous; pos: int32 device scalar (the token counter ``T``, see the module docstring). ``pdl``: launch with
     programmatic dependent launch (default: where supported, ``kernels/pdl.py``; any mode releases after the wait).
     """
     b, h, p, n = state.shape
@@ -167,6 +168,7 @@ def ssm_step_ref(zxbcdt, conv_weight, conv_bias, conv_state, dt_bias, A, D, stat
     x = x.reshape(b, h, p).float()
     Bh = B.float().reshape(b, ngroups, n).repeat_interleave(h // ngroups, dim=1)
     Ch = C.float().reshape(b, ngroups, n).repeat_interleave(h // ngroups, dim=1)
-    state.mul_(torch.exp(dt * A.float())[:, :, None, None]).add_((dt[:, :, None] * x)[..., None] * Bh[:, :, None])
-    y = torch.einsum("bhpn,bhn->bhp", state, Ch).to(dtype).float() + x * D.float()[:, None]
+    S = state.float() * torch.exp(dt * A.float())[:, :, None, None] + (dt[:, :, None] * x)[..., None] * Bh[:, :, None]
+    state.copy_(S)                                       # rounded to the state's dtype; y uses the fp32 value
+    y = torch.einsum("bhpn,bhn->bhp", S, Ch).to(dtype).float() + x * D.float()[:, None]
     return y.reshape(b, e) * F.silu(z.float())
