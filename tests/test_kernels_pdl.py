@@ -11,9 +11,13 @@ def test_resolve_modes(monkeypatch):
     assert pdl.resolve(False) is False
     assert pdl.resolve("after") == "after"
     assert pdl.resolve("early") == "early"
-    assert pdl.resolve(True) == "after"
+    assert pdl.resolve(True) == "after" and pdl.resolve(True, "mma") == "early" and pdl.resolve(True, "ssm") == "after"
     monkeypatch.setenv("SSMQUANT_PDL", "early")
-    assert pdl.resolve(True) == "early"
+    assert pdl.resolve(True) == "early" and pdl.resolve(True, "mma") == "early"
+    monkeypatch.setenv("SSMQUANT_PDL", "after")
+    assert pdl.resolve(True, "mma") == "after"
+    with pytest.raises(ValueError, match="kernel="):
+        pdl.resolve(True, "gemm")
     with pytest.raises(ValueError, match="pdl='sometimes'"):
         pdl.resolve("sometimes")
 
@@ -27,6 +31,7 @@ def test_pdl_mode_off_without_hopper_or_when_switched_off(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET")
     hopper = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
     assert pdl.pdl_mode() == ("after" if hopper else False)
+    assert pdl.pdl_mode("mma") == ("early" if hopper else False)
     monkeypatch.setenv("SSMQUANT_PDL", "early")
     assert pdl.pdl_mode() == ("early" if hopper else False)
 

@@ -146,11 +146,12 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
 
     g = torch.Generator(device="cuda").manual_seed(0)
     prompt = torch.randint(0, 50277, (cfg.batch, cfg.prompt_len), device="cuda", generator=g)
+    from ..kernels.pdl import DEFAULTS, pdl_mode
     from ..kernels.pdl import resolve as resolve_pdl
 
     result = {"benchmark": "decode", "config": asdict(cfg), "env": environment()}
-    pdl = resolve_pdl(_PDL[cfg.pdl])
-    result["pdl_mode"] = pdl
+    pdl = _PDL[cfg.pdl]                     # None: each kernel kind's default (kernels/pdl.py)
+    result["pdl_mode"] = {k: resolve_pdl(pdl, k) for k in DEFAULTS}
     gemv_configs = {"pdl": pdl, **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
     rows = {}
@@ -191,9 +192,12 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
                 **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
                 "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
             del dec
-        if cfg.baseline and pdl:
-            # The same decoder in the other PDL release mode (kernels/pdl.py): "early" beside "after" and back.
-            other = "early" if pdl == "after" else "after"
+        if cfg.baseline and pdl is not False and pdl_mode():
+            # The same decoder with the other PDL release choice (kernels/pdl.py): every GEMV "after" beside a
+            # decoder that runs some GEMV "early", else every GEMV "early".
+            used = {resolve_pdl(pdl, "mma" if v == "tensor_core" else "gemv")
+                    for v in rows[main_key]["kernels"].values()}
+            other = "after" if "early" in used else "early"
             dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
                               gemv_configs={**gemv_configs, "scaffold_bits": cfg.scaffold_bits, "mma": mma,
                                             "pdl": other})
@@ -284,11 +288,11 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
     """Packed GEMVs (ours) vs cuBLAS fp16 GEMV at the in_proj / out_proj / head shapes of a preset.
 
     Timed inside a CUDA graph over ``copies`` rotating weight sets (more bytes than L2 holds), so every call reads
-    its weights from HBM. Rows: ``ternary`` = gemv.py on 2-bit words, with programmatic dependent launch in the
+    its weights from HBM. Rows: ``ternary`` = gemv.py on 2-bit words, with programmatic dependent launch in its
     default mode where supported (kernels/pdl.py: dependents released after the wait), ``ternary_pdl_early`` with
     dependents released before it (each launch lets the next one load its weights early), ``ternary_nopdl``
-    without PDL; ``ternary_mma`` = the tensor-core GEMV (kernels/cuda/ternary_mma.py) on the same codes
-    (``_pdl_early``, ``_nopdl`` likewise); from 16 rows ``ternary_gemm`` = the tensor-core product (triton/gemm.py) that
+    without PDL; ``ternary_mma`` = the tensor-core GEMV (kernels/cuda/ternary_mma.py) on the same codes, in its
+    default mode ("early"; ``ternary_mma_pdl_after``, ``ternary_mma_nopdl`` the others); from 16 rows ``ternary_gemm`` = the tensor-core product (triton/gemm.py) that
     ``FastDecoder`` runs there; ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
     + rank-R int8 correction (two launches: V x, then scaffold + U t); head: fp16 (cuBLAS, gemv.py) and int8 rows
     (gemv.py). Bytes = weights + scales (+ factors) + activations + output.
@@ -305,7 +309,7 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
     mc = preset_config(cfg.preset)
     peak = copy_bandwidth()
     out = {"benchmark": "gemv", "config": asdict(cfg), "env": environment(), "copy_bandwidth_GBps": peak / 1e9,
-           "pdl": pdl_mode(), "shapes": {}}
+           "pdl": {"gemv": pdl_mode("gemv"), "mma": pdl_mode("mma")}, "shapes": {}}
     M, G = cfg.batch, cfg.group_size
     for name, (N, K) in {"in_proj": (mc.d_in_proj, mc.d_model), "out_proj": (mc.d_model, mc.d_inner),
                          "head": (mc.padded_vocab_size, mc.d_model)}.items():
@@ -347,7 +351,7 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
                 _best(row, "ternary_mma", lambda c: [lambda w=w: mma_gemv(x, w, out=y, **(c or {})) for w in mws],
                       mconfigs, cfg.reps, mws[0].nbytes() + io, peak)
                 best_m = _best_config(row, "ternary_mma")
-                for key, mode in (("ternary_mma_pdl_early", "early"), ("ternary_mma_nopdl", False)):
+                for key, mode in (("ternary_mma_pdl_after", "after"), ("ternary_mma_nopdl", False)):
                     if mode and not pdl_mode():
                         continue
                     _best(row, key, lambda c: [lambda w=w: mma_gemv(x, w, out=y, **{**(c or {}), "pdl": mode})

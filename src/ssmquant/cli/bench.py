@@ -38,9 +38,10 @@ def register(sub) -> None:
                    help="ternary projections on the tensor-core GEMV (kernels/cuda/ternary_mma.py): auto (default: "
                         "at batch 4-8), on (wherever the shapes allow) or off (Triton GEMV)")
     d.add_argument("--pdl", choices=["default", "early", "after", "off"], default="default",
-                   help="programmatic dependent launch of the decode kernels (kernels/pdl.py): after (a kernel "
-                        "releases the next one after its wait), early (GEMVs release it before) or off; default: "
-                        "after on Hopper (SSMQUANT_PDL=early|0 changes it). The run also times the other mode")
+                   help="programmatic dependent launch of the decode kernels (kernels/pdl.py): after (every "
+                        "kernel releases the next one after its wait), early (GEMVs release it before) or off; "
+                        "default: on Hopper, early for the tensor-core GEMV, after for the others (SSMQUANT_PDL="
+                        "early|after|0 changes it). The run also times the other choice")
     d.add_argument("--state-dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="SSM state storage of the fast decoders (default fp32; fp16 / bf16 halve its traffic, "
                         "which dominates from batch 16; the run then also times fp32)")

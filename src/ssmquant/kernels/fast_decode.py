@@ -122,8 +122,8 @@ class FastDecoder:
     ``gemv``; "in_proj_lr" / "out_proj_lr" for DF-SSM's ``V x`` GEMV; "in_proj_mma" / "out_proj_mma": keyword
     arguments of ``mma_gemv``; "in_proj_gemm" / "out_proj_gemm": tiles of ``gemm.ternary_matmul`` from
     ``GEMM_MIN_BATCH`` rows), "mma" (the tensor-core GEMV for ternary projections: "auto", True or False, see
-    :func:`_mma_or`), "pdl" (every kernel's programmatic dependent launch mode: False, "after" or "early";
-    default ``pdl.pdl_mode()``), "ssm" (``ssm_step`` keyword
+    :func:`_mma_or`), "pdl" (every GEMV's programmatic dependent launch mode: False, "after" or "early";
+    default None: each kernel kind's own, ``pdl.DEFAULTS``), "ssm" (``ssm_step`` keyword
     arguments) and "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
     here; 1 = one bit per weight, half the bytes).
 
@@ -149,7 +149,10 @@ class FastDecoder:
         self.gemv_configs = dict(gemv_configs or {})
         sb = self.gemv_configs.pop("scaffold_bits", 2)
         mma = self.gemv_configs.pop("mma", "auto")
-        pdl = resolve_pdl(self.gemv_configs.pop("pdl", None))            # checked everywhere, used on CUDA
+        # None: each kernel kind's default (kernels/pdl.py); a mode given is checked here, used on CUDA only.
+        pdl = self.gemv_configs.pop("pdl", None)
+        if pdl is not None:
+            resolve_pdl(pdl)
         self.pdl = pdl if dev.type == "cuda" else False
         if mma is not False and (dev.type != "cuda" or not mma_supported()):
             mma = False

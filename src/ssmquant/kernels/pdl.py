@@ -13,7 +13,8 @@ Rules (``gemv.py``, ``ssm_step.py``, ``cuda/ternary_mma.cu``):
    counter, which the previous token's step wrote (3 x n_layer + 3 launches back at least; the counter is bumped
    at the end of the step).
 3. ``ssm_step`` releases its dependents only after its wait. The GEMVs release theirs after the wait in mode
-   ``"after"`` (the default), or as soon as their weight loads are issued (before the wait) in mode ``"early"``.
+   ``"after"``, or as soon as their weight loads are issued (before the wait) in mode ``"early"``. Defaults
+   (:data:`DEFAULTS`): "after" for the Triton GEMV, "early" for the tensor-core GEMV.
 
 Why rule 2 holds with early release: a decode step launches at most four GEMVs between two ``ssm_step``
 (DF-SSM: ``V x`` and the scaffold GEMV for out_proj, then for the next in_proj), so when any kernel starts, the
@@ -23,13 +24,15 @@ embedding, the sampling ops) wait for their predecessor to finish, which also bo
 
 What early release should buy: in ``"after"`` mode a GEMV's weight loads overlap only the kernel right before
 it; in ``"early"`` mode the next layer's in_proj can load its weights while the SSM step and out_proj of this
-layer run. What it did on an H100 (benchmarks/RESULTS.md, run 8): 1.3B decode within run-to-run noise (batch 1
-0.775 vs 0.779 ms/token, batch 4 1.523 vs 1.580, batch 8 2.614 vs 2.725, while the same configuration measured
-0.756 and 0.778 in one run), and a chain of GEMVs alone slower (in_proj 4.54 vs 4.26 us, out_proj 4.15 vs 3.15:
-the early CTAs sit on the SMs the running kernel needs). Hence the default stays "after"; ``ssmquant bench decode``
-times the other mode beside it.
+layer run. What it did on an H100 (benchmarks/RESULTS.md, runs 8-15), 1.3B decode: with the tensor-core GEMV
+(batch 4-8) 4-5% faster in every run (batch 4 1.523 / 1.538 vs 1.580 / 1.604 ms/token, batch 8 2.614 / 2.408 vs
+2.725 / 2.526); with the Triton GEMV (batch 1) and the batched path (16, 64) no difference beyond the ~3%
+run-to-run spread; and a chain of Triton GEMVs alone slower (in_proj 4.54 vs 4.26 us, out_proj 4.15 vs 3.15: the
+early CTAs sit on the SMs the running kernel needs). Hence the per-kernel defaults; ``ssmquant bench decode``
+times the other choice beside them.
 
-``SSMQUANT_PDL``: ``0`` switches PDL off, ``early`` selects early release; unset, ``1`` or ``after``: the default.
+``SSMQUANT_PDL``: ``0`` switches PDL off; ``early`` or ``after`` forces that mode on every GEMV; unset or ``1``:
+the defaults.
 """
 
 from __future__ import annotations
@@ -39,14 +42,23 @@ import os
 import torch
 
 MODES = (False, "after", "early")
+# Release mode per kernel kind where PDL is on (measured, see above): the Triton GEMV (triton/gemv.py), the
+# tensor-core GEMV (cuda/ternary_mma.py), the SSM step (always after its wait: rule 3).
+DEFAULTS = {"gemv": "after", "mma": "early", "ssm": "after"}
 
 
-def pdl_mode() -> bool | str:
-    """The PDL mode of the decode kernels here: False (not supported or switched off), "after" or "early".
+def _forced() -> str | None:
+    env = os.environ.get("SSMQUANT_PDL", "1").strip().lower()
+    return env if env in ("early", "after") else None
+
+
+def pdl_mode(kernel: str = "gemv") -> bool | str:
+    """The PDL mode of a decode kernel of kind ``kernel`` ("gemv", "mma", "ssm"): False (not supported or
+    switched off), "after" or "early".
 
     Needs a Hopper or newer GPU, a Triton that exposes ``gdc_wait``, not the Triton interpreter."""
-    env = os.environ.get("SSMQUANT_PDL", "1").strip().lower()
-    if env == "0" or os.environ.get("TRITON_INTERPRET") == "1" or not torch.cuda.is_available():
+    if os.environ.get("SSMQUANT_PDL", "1").strip() == "0" or os.environ.get("TRITON_INTERPRET") == "1" \
+            or not torch.cuda.is_available():
         return False
     if torch.cuda.get_device_capability()[0] < 9:
         return False
@@ -54,16 +66,18 @@ def pdl_mode() -> bool | str:
 
     if not hasattr(tl.extra.cuda, "gdc_wait"):
         return False
-    return "early" if env == "early" else "after"
+    return resolve(True, kernel)
 
 
-def resolve(pdl) -> bool | str:
-    """A kernel's ``pdl`` argument as a mode: None -> :func:`pdl_mode`; True -> "after" ("early" with
-    ``SSMQUANT_PDL=early``); False / "after" / "early" as they are."""
+def resolve(pdl, kernel: str = "gemv") -> bool | str:
+    """A kernel's ``pdl`` argument as a mode: None -> :func:`pdl_mode`; True -> the kernel kind's default
+    (:data:`DEFAULTS`, or the mode ``SSMQUANT_PDL`` forces); False / "after" / "early" as they are."""
+    if kernel not in DEFAULTS:
+        raise ValueError(f"kernel={kernel!r}, expected one of {list(DEFAULTS)}")
     if pdl is None:
-        return pdl_mode()
+        return pdl_mode(kernel)
     if pdl is True:
-        return "early" if os.environ.get("SSMQUANT_PDL", "").strip().lower() == "early" else "after"
+        return _forced() or DEFAULTS[kernel]
     if pdl not in MODES:
         raise ValueError(f"pdl={pdl!r}, expected one of {MODES} or True / None")
     return pdl

@@ -112,15 +112,26 @@ class Kernel:
         regs = ctypes.c_int()
         cu.cuFuncGetAttribute(ctypes.byref(regs), 4, self.func)          # CU_FUNC_ATTRIBUTE_NUM_REGS
         self.num_regs = regs.value
+        static = ctypes.c_int()
+        cu.cuFuncGetAttribute(ctypes.byref(static), 1, self.func)       # CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES
+        self.static_smem = static.value
+        # Dynamic shared memory a launch may ask for without opting in: static + dynamic <= 48 KB.
+        self._dyn_smem = 48 * 1024 - static.value
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, *,
-               pdl: bool = False) -> None:
-        """``args``: ctypes values in the kernel's parameter order (``ctypes.c_void_p(t.data_ptr())`` for a tensor)."""
+               pdl: bool = False, smem: int = 0) -> None:
+        """``args``: ctypes values in the kernel's parameter order (``ctypes.c_void_p(t.data_ptr())`` for a tensor).
+        ``smem``: bytes of dynamic shared memory (``extern __shared__``); where static + dynamic exceed 48 KB the
+        kernel is allowed more once (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), as the driver asks."""
+        if smem > self._dyn_smem:
+            _check_cu(_load_cuda().cuFuncSetAttribute(self.func, 8, ctypes.c_int(smem)),
+                      f"allowing {smem} bytes of shared memory for {self.name}")
+            self._dyn_smem = smem
         params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
         attr = _Attr()
         attr.id = _PDL_ATTR
         attr.value.u32 = 1
-        cfg = _LaunchConfig(*grid, *block, 0, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream),
+        cfg = _LaunchConfig(*grid, *block, smem, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream),
                             ctypes.pointer(attr) if pdl else None, 1 if pdl else 0)
         _check_cu(_load_cuda().cuLaunchKernelEx(ctypes.byref(cfg), self.func, params, None), f"launching {self.name}")
 

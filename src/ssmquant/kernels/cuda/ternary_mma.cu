@@ -78,7 +78,9 @@ ternary_mma_gemv(const uint4* __restrict__ words,     // (N16 / 16, K / 128, 32,
                  const float* res, long stride_r,      // (M, N) fp32 residual (RES; may alias out)
                  void* out, long stride_o,             // (M, N) fp32 or fp16
                  int N, int K, int ngroups, float eps) {
-    __shared__ u32 xs[NWARPS][MROWS * ROWW];
+    // The activations, NWARPS x (MROWS * ROWW) words, in dynamic shared memory: at 8 rows of K = 4096 they need
+    // 66 KB, over the 48 KB of static shared memory (the host sizes the launch, ternary_mma._smem).
+    extern __shared__ __align__(16) u32 xs[];
     __shared__ float red[NWARPS][16 * RT][9];
 
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -164,7 +166,7 @@ ternary_mma_gemv(const uint4* __restrict__ words,     // (N16 / 16, K / 128, 32,
         }
     }
 #endif
-    u32* xw = xs[warp];
+    u32* xw = xs + warp * (MROWS * ROWW);
     {
         // x is loaded again rather than kept from the statistics pass (an L1 hit; registers stay free for M rows).
         // Lane holds inputs 4a..4a+3 of k-step s (a = lane % 4, s = lane / 4 within the chunk): pairs 2a and

@@ -38,7 +38,9 @@ from ..layout_mma import CHUNK_K, TILE_N, MmaTernaryWeight, mma_dequant_ref
 from ..pdl import resolve as resolve_pdl
 
 MAX_ROWS = 8              # activation rows (MMA N)
-_SMEM_LIMIT = 48 * 1024   # static shared memory per CTA
+# Shared memory per CTA (the activations are dynamic shared memory): 96 KB fits every GPU from sm_80 (sm_86 / 89
+# allow 99 KB per CTA, A100 163 KB, H100 227 KB) and takes 8 rows of K up to 5120 (2.7B's out_proj).
+_SMEM_LIMIT = 96 * 1024
 
 
 def decode_constants() -> list[tuple[int, int, int]]:
@@ -103,8 +105,14 @@ def _nwarps(K: int, cpw: int) -> int:
     return -(-max(1, K // CHUNK_K) // cpw)
 
 
+def _smem_dynamic(M: int, cpw: int, nwarps: int) -> int:
+    """Bytes of the activations' dynamic shared memory (``xs`` in ternary_mma.cu)."""
+    return nwarps * M * (cpw * 64 + 8) * 4
+
+
 def _smem(M: int, cpw: int, nwarps: int, rt: int = 1) -> int:
-    return nwarps * (M * (cpw * 64 + 8) * 4 + 16 * rt * 9 * 4 + M * 4)
+    """All shared memory of a CTA: the activations plus the static reduction and norm buffers."""
+    return _smem_dynamic(M, cpw, nwarps) + nwarps * (16 * rt * 9 * 4 + M * 4)
 
 
 def mma_gemv_error(M: int, N: int, K: int, group_size: int, cpw: int | None = None, rt: int = 1) -> str | None:
@@ -154,7 +162,7 @@ def mma_gemv(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = None,
              pdl: bool | str | None = None) -> torch.Tensor:
     """x (M, K) fp32/fp16 -> (M, N) = W norm(x) (+ residual), M <= 8. ``norm``: None, "rms", or "gated" with a
     single group (``norm_group`` None or K). ``out`` may be ``residual`` (in-place update). ``pdl``: programmatic
-    dependent launch mode, False / "after" / "early" (``kernels/pdl.py``; default: where supported)."""
+    dependent launch mode, False / "after" / "early" (``kernels/pdl.py``; default: "early" where supported)."""
     N, K = w.shape
     M = x.shape[0]
     if x.dim() != 2 or x.shape[1] != K or x.stride(1) != 1 or x.dtype not in (torch.float32, torch.float16):
@@ -180,7 +188,7 @@ def mma_gemv(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = None,
     if norm is not None:
         nw = norm_weight if norm_weight.dtype == torch.float32 and norm_weight.is_contiguous() else \
             norm_weight.float().contiguous()
-    pdl = resolve_pdl(pdl)
+    pdl = resolve_pdl(pdl, "mma")
     nwarps = _nwarps(K, cpw)
     kern = _kernel(M, cpw, nwarps, x.dtype == torch.float16, out.dtype == torch.float16, norm is not None,
                    residual is not None, w.group_size, rt, pdl == "early")
@@ -189,7 +197,8 @@ def mma_gemv(x: torch.Tensor, w: MmaTernaryWeight, *, norm: str | None = None,
     args = [ptr(w.words), ptr(w.scale), ptr(x), ctypes.c_long(x.stride(0)), ptr(nw if nw is not None else x),
             ptr(res), ctypes.c_long(res.stride(0)), ptr(out), ctypes.c_long(out.stride(0)), ctypes.c_int(N),
             ctypes.c_int(K), ctypes.c_int(w.scale.shape[1]), ctypes.c_float(eps)]
-    kern.launch((-(-w.words.shape[0] // rt), 1, 1), (32 * nwarps, 1, 1), args, pdl=bool(pdl))
+    kern.launch((-(-w.words.shape[0] // rt), 1, 1), (32 * nwarps, 1, 1), args, pdl=bool(pdl),
+                smem=_smem_dynamic(M, cpw, nwarps))
     return out
 
 

@@ -143,7 +143,7 @@ def ssm_step(zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
     if h_out is None:
         h_out = torch.empty(b, e, device=zxbcdt.device, dtype=torch.float32)
     # Whatever the GEMVs' mode, this kernel releases its dependents only after its wait (kernels/pdl.py, rule 3).
-    pdl = bool(resolve_pdl(pdl))
+    pdl = bool(resolve_pdl(pdl, "ssm"))
     _ssm_step_kernel[(h, p // BP, b)](
         zxbcdt, zxbcdt.stride(0), conv_weight, conv_bias, ring, ring.stride(0), dt_bias, A, D, state,
         state.stride(0), h_out, h_out.stride(0), pos, E=e, NH=h, P=p, NS=n, NG=ngroups, DCONV=dconv, BP=BP,
