@@ -367,7 +367,7 @@ def _mma_or(w, batch: int, mode):
 
     ``mode`` (``gemv_configs["mma"]``): True / False force it on / off where possible; "auto" (default) takes it at
     batch ``MMA_MIN_BATCH``-8, where one launch serves every row and the Triton GEMV runs a program per row (1.3B
-    decode on H100: batch 4 1.64 vs 1.85 ms/token, batch 8 2.72 vs 3.22), not below (batch 2 1.13 vs 1.10; batch
+    decode on H100: batch 4 1.54 vs 1.85 ms/token, batch 8 2.41 vs 3.22, run 16), not below (batch 2 1.13 vs 1.10; batch
     1 with it on out_proj 0.83 vs 0.78; benchmarks/RESULTS.md). ``FastDecoder`` passes False where the kernel
     cannot run (no NVRTC or CUDA, a bf16 output, a gated norm of several groups); here it also needs a 2-bit
     ternary weight of shapes the layout takes."""

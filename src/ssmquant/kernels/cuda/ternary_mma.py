@@ -91,8 +91,10 @@ def mma_supported() -> bool:
 def default_cpw(M: int, K: int, rt: int = 1) -> int:
     """Chunks of 128 inputs per warp, the first of a preference list whose CTA fits 32 warps and the shared memory.
     Measured on H100 (benchmarks/RESULTS.md, run 7): up to 4 rows, 1 chunk (most warps, fewest registers): 1.3B
-    in_proj at batch 1 4.82 us against 5.19 at 4 chunks, out_proj at batch 4 3.57 us at 2 chunks (1 does not fit)
-    against 4.06 at 4; at 8 rows 4 chunks: 1.3B decode at batch 8 2.72 ms/token against 2.84 at 1 chunk."""
+    in_proj at batch 1 4.82 us against 5.19 at 4 chunks; out_proj at batch 4 (run 15, 1 chunk fits since the
+    activations moved to dynamic shared memory) 3.44 us at 1 chunk, 3.61 at 2, 4.02 at 4, and decode at batch 4
+    1.59-1.60 ms/token as at 2 chunks before; at 8 rows 4 chunks: 1.3B decode at batch 8 2.52 ms/token against 2.60
+    at 1 chunk for both projections (run 15; run 7: 2.72 against 2.84), although a GEMV alone prefers 1 chunk."""
     for cpw in ((1, 2, 4, 8, 16) if M <= 4 else (4, 8, 16, 2, 1)):
         nwarps = _nwarps(K, cpw)
         if nwarps <= 32 and _smem(M, cpw, nwarps, rt) <= _SMEM_LIMIT:
