@@ -210,3 +210,21 @@ def test_fast_decoder_tensor_core_gemv_gpu(batch, mma):
                                                          "out_proj_mma": {"pdl": False}, "in_proj": {"pdl": False},
                                                          "out_proj": {"pdl": False}})[0]
     assert torch.equal(dec.generate(prompt, 5), off.generate(prompt, 5))
+
+
+def test_fast_decode_supported_checks_projection_types():
+    """``model.generate`` asks ``fast_decode_supported`` before building a FastDecoder: dense, ternary and DF-SSM
+    projections without a bias pass; a biased or foreign projection does not."""
+    import torch.nn as nn
+
+    from ssmquant.kernels.fast_decode import fast_decode_supported
+
+    m = _ternary_tiny(seed=4)
+    assert fast_decode_supported(m)              # CUDA, or the Triton interpreter on CPU (kernels_util sets it)
+    assert fast_decode_supported(_dfssm_tiny(4))
+    mix = m.backbone.layers[0].mixer
+    ternary = mix.out_proj
+    mix.out_proj = nn.Linear(ternary.in_features, ternary.out_features, bias=True).to(DTYPE).to(DEVICE)
+    assert not fast_decode_supported(m)
+    mix.out_proj = nn.Identity()
+    assert not fast_decode_supported(m)

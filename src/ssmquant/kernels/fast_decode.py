@@ -47,8 +47,9 @@ from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
 from .layout_mma import MmaTernaryWeight, mma_from_gemv
 from .pdl import resolve as resolve_pdl
-from .prefill import GEMM_MIN_BATCH, FastLinear, prefill_model
+from .prefill import GEMM_MIN_BATCH, prefill_model
 from .prefill import fast_weight as _fast_weight
+from .prefill import fast_weight_supported
 from .triton.gemm import ternary_matmul
 from .triton.gemv import gemv, norm_ref
 from .triton.rmsnorm import rms_norm_fused
@@ -82,11 +83,8 @@ def _append_kernel(tok_ptr, ids_ptr, stride_im, pos_ptr, M, BM: tl.constexpr):
 
 def fast_decode_supported(model: nn.Module) -> bool:
     """Whether :class:`FastDecoder` can run ``model`` (projection, embedding and head types; CUDA or interpreter)."""
-    from ..quant.binary_lowrank import PackedBinaryLowRankLinear
     from ..quant.int8 import Int8Embedding, Int8Linear
-    from ..quant.layers import PackedTernaryLinear
 
-    proj = (nn.Linear, PackedTernaryLinear, PackedBinaryLowRankLinear, FastLinear)
     bb = getattr(model, "backbone", None)
     if bb is None or not hasattr(model, "lm_head"):
         return False
@@ -95,8 +93,7 @@ def fast_decode_supported(model: nn.Module) -> bool:
         return False
     for layer in bb.layers:
         mix = getattr(layer, "mixer", None)
-        if mix is None or not all(isinstance(getattr(mix, n, None), proj) and getattr(getattr(mix, n), "bias", None)
-                                  is None for n in ("in_proj", "out_proj")):
+        if mix is None or not all(fast_weight_supported(getattr(mix, n, None)) for n in ("in_proj", "out_proj")):
             return False
     dev = bb.embedding.weight.device if isinstance(bb.embedding, nn.Embedding) else bb.embedding.qweight.device
     return dev.type == "cuda" or _interpreting()

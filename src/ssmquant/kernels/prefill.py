@@ -47,6 +47,16 @@ def _scratch(numel: int, device: torch.device) -> torch.Tensor:
     return buf
 
 
+def fast_weight_supported(mod: nn.Module) -> bool:
+    """Whether :func:`fast_weight` takes ``mod``: a dense, ternary or DF-SSM projection without a bias."""
+    from ..quant.binary_lowrank import PackedBinaryLowRankLinear
+    from ..quant.layers import PackedTernaryLinear
+
+    return isinstance(mod, FastLinear) or (
+        isinstance(mod, (nn.Linear, PackedTernaryLinear, PackedBinaryLowRankLinear))
+        and getattr(mod, "bias", None) is None)
+
+
 def fast_weight(mod: nn.Module, dtype: torch.dtype, scaffold_bits: int = 2):
     """A projection's weight as the kernels want it: GemvTernaryWeight, GemvLowRankWeight (DF-SSM scaffold in
     ``scaffold_bits``-bit words, see ``layout.pack_lowrank``), or a contiguous dense tensor."""
