@@ -19,8 +19,8 @@ Rules (``gemv.py``, ``ssm_step.py``, ``cuda/ternary_mma.cu``):
 Why rule 2 holds with early release: a decode step launches at most four GEMVs between two ``ssm_step``
 (DF-SSM: ``V x`` and the scaffold GEMV for out_proj, then for the next in_proj), so when any kernel starts, the
 latest ``ssm_step`` launched before it (at most five launches back) has passed its wait; hence the kernel before
-that one has finished, and so has every earlier kernel (each finished only after its own wait). Kernels launched without PDL (the
-embedding, the sampling ops) wait for their predecessor to finish, which also bounds the chain.
+that one has finished, and so has every earlier kernel (each finished only after its own wait). Kernels launched
+without PDL (the embedding, the sampling ops) wait for their predecessor to finish, which also bounds the chain.
 
 What early release should buy: in ``"after"`` mode a GEMV's weight loads overlap only the kernel right before
 it; in ``"early"`` mode the next layer's in_proj can load its weights while the SSM step and out_proj of this
@@ -37,6 +37,7 @@ the defaults.
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -52,6 +53,15 @@ def _forced() -> str | None:
     return env if env in ("early", "after") else None
 
 
+@functools.lru_cache(maxsize=None)
+def _device_supports(device: int) -> bool:
+    """Hopper or newer and a Triton that exposes ``gdc_wait``: asked once per device, not per launch (every
+    decode kernel resolves its mode when it is launched)."""
+    import triton.language as tl
+
+    return torch.cuda.get_device_capability(device)[0] >= 9 and hasattr(tl.extra.cuda, "gdc_wait")
+
+
 def pdl_mode(kernel: str = "gemv") -> bool | str:
     """The PDL mode of a decode kernel of kind ``kernel`` ("gemv", "mma", "ssm"): False (not supported or
     switched off), "after" or "early".
@@ -60,11 +70,7 @@ def pdl_mode(kernel: str = "gemv") -> bool | str:
     if os.environ.get("SSMQUANT_PDL", "1").strip() == "0" or os.environ.get("TRITON_INTERPRET") == "1" \
             or not torch.cuda.is_available():
         return False
-    if torch.cuda.get_device_capability()[0] < 9:
-        return False
-    import triton.language as tl
-
-    if not hasattr(tl.extra.cuda, "gdc_wait"):
+    if not _device_supports(torch.cuda.current_device()):
         return False
     return resolve(True, kernel)
 
