@@ -124,8 +124,9 @@ def ssm_step(zxbcdt: torch.Tensor, conv_weight: torch.Tensor, conv_bias: torch.T
 
     zxbcdt (b, 2e + 2gn + h) in the model dtype; conv_weight (conv_dim, d_conv) fp32; conv_bias (conv_dim,) fp32;
     ring (b, conv_dim, d_conv) model dtype; dt_bias, A (= -exp(A_log)), D: (h,) fp32; state (b, h, p, n) fp32
-    (or fp16 / bf16: updated in fp32, stored rounded), contiguous; pos: int32 device scalar (the token counter ``T``, see the module docstring). ``pdl``: launch with
-    programmatic dependent launch (default: where supported, ``kernels/pdl.py``; any mode releases after the wait).
+    (or fp16 / bf16: updated in fp32, stored rounded), contiguous; pos: int32 device scalar (the token counter
+    ``T``, see the module docstring). ``pdl``: launch with programmatic dependent launch (default: where
+    supported, ``kernels/pdl.py``; any mode releases after the wait).
     """
     b, h, p, n = state.shape
     conv_dim, dconv = conv_weight.shape
