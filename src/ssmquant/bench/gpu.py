@@ -141,26 +141,29 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
     """ms/token of the fast decoder on a random model of ``cfg.preset``'s shape, with baselines from the same run:
     our fp16 fast path and the eager PyTorch model (fp16 weights and head), mamba-ssm quoted."""
     from ..kernels.fast_decode import FastDecoder
+    from ..kernels.pdl import DEFAULTS, pdl_mode
+    from ..kernels.pdl import resolve as resolve_pdl
     from ..quant.int8 import quantize_int8_
     from .models import random_model, to_dfssm_, to_ternary_
 
     g = torch.Generator(device="cuda").manual_seed(0)
     prompt = torch.randint(0, 50277, (cfg.batch, cfg.prompt_len), device="cuda", generator=g)
-    from ..kernels.pdl import DEFAULTS, pdl_mode
-    from ..kernels.pdl import resolve as resolve_pdl
-
     result = {"benchmark": "decode", "config": asdict(cfg), "env": environment()}
     pdl = _PDL[cfg.pdl]                     # None: each kernel kind's default (kernels/pdl.py)
     result["pdl_mode"] = {k: resolve_pdl(pdl, k) for k in DEFAULTS}
-    gemv_configs = {"pdl": pdl, **(gemv_configs or {})}
+    gemv_configs = {"pdl": pdl, "scaffold_bits": cfg.scaffold_bits, **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
+
+    def timed(state_dtype=_STATE[cfg.state_dtype], kernels: bool = True, **configs) -> dict:
+        """A fast decoder of ``model`` as it is now: its timing, which GEMVs it ran, its check against the model."""
+        dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=state_dtype,
+                          gemv_configs={**gemv_configs, **configs})
+        return {**_time_decoder(dec, prompt, cfg), **({"kernels": _kernels(dec)} if kernels else {}),
+                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
+
     rows = {}
     if cfg.weights == "fp16" or cfg.baseline:
-        dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
-                          gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits})
-        rows["fp16_fast"] = {**_time_decoder(dec, prompt, cfg),
-                             "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
-        del dec
+        rows["fp16_fast"] = timed(kernels=False)
     if cfg.baseline and cfg.ref_tokens:
         cache = model.allocate_cache(cfg.batch)
         model(prompt, cache, logits_to_keep=1)
@@ -179,40 +182,20 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
                    f"{'_int8head' if cfg.head == 'int8' else ''}" \
                    f"{f'_state_{cfg.state_dtype}' if cfg.state_dtype != 'fp32' else ''}_fast"
         mma = {"auto": "auto", "on": True, "off": False}[cfg.mma]
-        dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
-                          gemv_configs={**(gemv_configs or {}), "scaffold_bits": cfg.scaffold_bits, "mma": mma})
-        rows[main_key] = {**_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
-                          "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
-        del dec
-        if cfg.weights == "ternary" and cfg.baseline and "tensor_core" in rows[main_key]["kernels"].values():
+        rows[main_key] = timed(mma=mma)
+        used = rows[main_key]["kernels"].values()
+        if cfg.weights == "ternary" and cfg.baseline and "tensor_core" in used:
             # The same model with every ternary projection on the Triton GEMV, for the tensor-core GEMV's gain.
-            dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
-                              gemv_configs={**(gemv_configs or {}), "mma": False})
-            rows[main_key.replace("_fast", "_triton_gemv_fast")] = {
-                **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
-                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
-            del dec
+            rows[main_key.replace("_fast", "_triton_gemv_fast")] = timed(mma=False)
         if cfg.baseline and pdl is not False and pdl_mode():
             # The same decoder with the other PDL release choice (kernels/pdl.py): every GEMV "after" beside a
             # decoder that runs some GEMV "early", else every GEMV "early".
-            used = {resolve_pdl(pdl, "mma" if v == "tensor_core" else "gemv")
-                    for v in rows[main_key]["kernels"].values()}
-            other = "after" if "early" in used else "early"
-            dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=_STATE[cfg.state_dtype],
-                              gemv_configs={**gemv_configs, "scaffold_bits": cfg.scaffold_bits, "mma": mma,
-                                            "pdl": other})
-            rows[main_key.replace("_fast", f"_pdl_{other}_fast")] = {
-                **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
-                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
-            del dec
+            modes = {resolve_pdl(pdl, "mma" if v == "tensor_core" else "gemv") for v in used}
+            other = "after" if "early" in modes else "early"
+            rows[main_key.replace("_fast", f"_pdl_{other}_fast")] = timed(mma=mma, pdl=other)
         if cfg.baseline and cfg.state_dtype != "fp32":
             # The same decoder with the fp32 state (the default): what the smaller state buys and costs.
-            dec = FastDecoder(model, cfg.batch, cfg.new_tokens,
-                              gemv_configs={**gemv_configs, "scaffold_bits": cfg.scaffold_bits, "mma": mma})
-            rows[main_key.replace(f"_state_{cfg.state_dtype}", "")] = {
-                **_time_decoder(dec, prompt, cfg), "kernels": _kernels(dec),
-                "check": check_decoder(model, dec, prompt, cfg.check_tokens)}
-            del dec
+            rows[main_key.replace(f"_state_{cfg.state_dtype}", "")] = timed(torch.float32, mma=mma)
     result["rows"] = rows
     main = rows[main_key]["decode_ms_per_token"]
     result["main_row"] = main_key
@@ -292,8 +275,8 @@ def bench_gemv(cfg: GemvBenchConfig) -> dict:
     default mode where supported (kernels/pdl.py: dependents released after the wait), ``ternary_pdl_early`` with
     dependents released before it (each launch lets the next one load its weights early), ``ternary_nopdl``
     without PDL; ``ternary_mma`` = the tensor-core GEMV (kernels/cuda/ternary_mma.py) on the same codes, in its
-    default mode ("early"; ``ternary_mma_pdl_after``, ``ternary_mma_nopdl`` the others); from 16 rows ``ternary_gemm`` = the tensor-core product (triton/gemm.py) that
-    ``FastDecoder`` runs there; ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
+    default mode ("early"; ``ternary_mma_pdl_after``, ``ternary_mma_nopdl`` the others); from 16 rows
+    ``ternary_gemm`` = the tensor-core product (triton/gemm.py) that ``FastDecoder`` runs there; ``scaffold1`` = the 1-bit DF-SSM scaffold alone; ``dfssm_rR`` = scaffold
     + rank-R int8 correction (two launches: V x, then scaffold + U t); head: fp16 (cuBLAS, gemv.py) and int8 rows
     (gemv.py). Bytes = weights + scales (+ factors) + activations + output.
     """
