@@ -69,6 +69,7 @@ class DecodeBenchConfig:
     mma: str = "auto"                 # ternary projections on the tensor-core GEMV: auto | on | off
     pdl: str = "default"              # programmatic dependent launch (kernels/pdl.py): default | early | after | off
     state_dtype: str = "fp32"         # SSM state storage of every fast decoder timed: fp32 | fp16 | bf16
+    persistent: str = "auto"          # batch 1, every layer in one kernel (cuda/persistent_decode.py): auto | on | off
 
     def __post_init__(self):
         if self.weights not in ("ternary", "dfssm", "fp16"):
@@ -77,12 +78,15 @@ class DecodeBenchConfig:
             raise ValueError(f"head={self.head!r}: use fp16 or int8")
         if self.pdl not in _PDL:
             raise ValueError(f"pdl={self.pdl!r}: use one of {', '.join(_PDL)}")
+        if self.persistent not in _PERSISTENT:
+            raise ValueError(f"persistent={self.persistent!r}: use one of {', '.join(_PERSISTENT)}")
         if self.state_dtype not in _STATE:
             raise ValueError(f"state_dtype={self.state_dtype!r}: use one of {', '.join(_STATE)}")
 
 
 _PDL = {"default": None, "early": "early", "after": "after", "off": False}
 _STATE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+_PERSISTENT = {"auto": "auto", "on": True, "off": False}
 
 
 def _time_decoder(dec, prompt, cfg: DecodeBenchConfig) -> dict:
@@ -128,10 +132,13 @@ def check_decoder(model, dec, prompt, n: int) -> dict:
 
 
 def _kernels(dec) -> dict:
-    """Which GEMV each projection of layer 0 runs: "tensor_core" (cuda/ternary_mma.py) or "triton"."""
+    """Which kernel each projection of layer 0 runs: "persistent" (every layer in one kernel,
+    cuda/persistent_decode.py), "tensor_core" (cuda/ternary_mma.py) or "triton"."""
     from ..kernels.layout_mma import MmaTernaryWeight
 
     L = dec.layers[0]
+    if dec.persistent is not None:
+        return {"in_proj": "persistent", "out_proj": "persistent"}
     return {k: "tensor_core" if isinstance(getattr(L, a), MmaTernaryWeight) else "triton"
             for k, a in (("in_proj", "in_w"), ("out_proj", "out_w"))}
 
@@ -151,7 +158,8 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
     result = {"benchmark": "decode", "config": asdict(cfg), "env": environment()}
     pdl = _PDL[cfg.pdl]                     # None: each kernel kind's default (kernels/pdl.py)
     result["pdl_mode"] = {k: resolve_pdl(pdl, k) for k in DEFAULTS}
-    gemv_configs = {"pdl": pdl, "scaffold_bits": cfg.scaffold_bits, **(gemv_configs or {})}
+    gemv_configs = {"pdl": pdl, "scaffold_bits": cfg.scaffold_bits, "persistent": _PERSISTENT[cfg.persistent],
+                    **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
 
     def timed(state_dtype=_STATE[cfg.state_dtype], kernels: bool = True, **configs) -> dict:
@@ -184,6 +192,10 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
         mma = {"auto": "auto", "on": True, "off": False}[cfg.mma]
         rows[main_key] = timed(mma=mma)
         used = rows[main_key]["kernels"].values()
+        if "persistent" in used:
+            # The same model on the per-layer kernels (three launches a layer), for the persistent kernel's gain.
+            rows[main_key.replace("_fast", "_per_layer_fast")] = timed(mma=mma, persistent=False)
+            used = rows[main_key.replace("_fast", "_per_layer_fast")]["kernels"].values()
         if cfg.weights == "ternary" and cfg.baseline and "tensor_core" in used:
             # The same model with every ternary projection on the Triton GEMV, for the tensor-core GEMV's gain.
             rows[main_key.replace("_fast", "_triton_gemv_fast")] = timed(mma=False)
@@ -192,7 +204,7 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
             # decoder that runs some GEMV "early", else every GEMV "early".
             modes = {resolve_pdl(pdl, "mma" if v == "tensor_core" else "gemv") for v in used}
             other = "after" if "early" in modes else "early"
-            rows[main_key.replace("_fast", f"_pdl_{other}_fast")] = timed(mma=mma, pdl=other)
+            rows[main_key.replace("_fast", f"_pdl_{other}_fast")] = timed(mma=mma, pdl=other, persistent=False)
         if cfg.baseline and cfg.state_dtype != "fp32":
             # The same decoder with the fp32 state (the default): what the smaller state buys and costs.
             rows[main_key.replace(f"_state_{cfg.state_dtype}", "")] = timed(torch.float32, mma=mma)

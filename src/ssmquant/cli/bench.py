@@ -45,6 +45,10 @@ def register(sub) -> None:
     d.add_argument("--state-dtype", choices=["fp32", "fp16", "bf16"], default="fp32",
                    help="SSM state storage of the fast decoders (default fp32; fp16 / bf16 halve its traffic, "
                         "which dominates from batch 16; the run then also times fp32)")
+    d.add_argument("--persistent", choices=["auto", "on", "off"], default="auto",
+                   help="batch 1: every layer of the step in one persistent kernel (kernels/cuda/"
+                        "persistent_decode.py): auto (default: where the model allows it), on (error where not) "
+                        "or off (three kernels a layer). With it the run also times the per-layer kernels")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
@@ -111,7 +115,7 @@ def _run_decode(a) -> None:
     cfg = DecodeBenchConfig(preset=a.preset, weights=a.weights, batch=a.batch, prompt_len=a.prompt_len,
                             new_tokens=a.new_tokens, group_size=a.group_size, baseline=not a.no_baseline,
                             rank=a.rank, head=a.head, scaffold_bits=a.scaffold_bits, mma=a.mma, pdl=a.pdl,
-                            state_dtype=a.state_dtype,
+                            state_dtype=a.state_dtype, persistent=a.persistent,
                             **({"reps": a.reps} if a.reps else {}))
     _emit(bench_decode(cfg), a.output)
 

@@ -18,7 +18,9 @@ states (fp32, or fp16 / bf16 with ``state_dtype``), the logits. One decode step 
     pos += 1                                            a few kernels
 
 so 3 kernels per layer against about 10 in mamba-ssm's step (DF-SSM: 5, each projection adds its ``V x``
-GEMV). On Hopper the layer kernels are launched with programmatic dependent launch, so each one's weight loads
+GEMV). At batch 1 with 2-bit ternary projections the layers run instead as one persistent kernel
+(``cuda/persistent_decode.py``: a CTA per SM, grid barriers between the phases, weights copied ahead), between the
+same embedding and head kernels. On Hopper the layer kernels are launched with programmatic dependent launch, so each one's weight loads
 overlap the kernels before it (``pdl.py`` has the rules). Ternary projections run the Triton GEMV or the
 tensor-core one (``cuda/ternary_mma.py``), chosen per projection and batch size (:func:`_mma_or`). At batch >=
 ``GEMM_MIN_BATCH`` ternary and dense projections switch to a norm kernel (``rmsnorm.py``, where its power-of-two
@@ -43,6 +45,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .cuda.persistent_decode import PersistentDecodeStep, persistent_error
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
 from .layout_mma import MmaTernaryWeight, mma_from_gemv
@@ -121,8 +124,10 @@ class FastDecoder:
     ``GEMM_MIN_BATCH`` rows), "mma" (the tensor-core GEMV for ternary projections: "auto", True or False, see
     :func:`_mma_or`), "pdl" (every GEMV's programmatic dependent launch mode: False, "after" or "early";
     default None: each kernel kind's own, ``pdl.DEFAULTS``), "ssm" (``ssm_step`` keyword
-    arguments) and "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
-    here; 1 = one bit per weight, half the bytes).
+    arguments), "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
+    here; 1 = one bit per weight, half the bytes) and "persistent" (batch 1: every layer of the step in one
+    persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run, True (error where not) or
+    False).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -145,6 +150,9 @@ class FastDecoder:
         self.batch_size, self.max_new_tokens = batch_size, max_new_tokens
         self.gemv_configs = dict(gemv_configs or {})
         sb = self.gemv_configs.pop("scaffold_bits", 2)
+        persistent = self.gemv_configs.pop("persistent", "auto")
+        if persistent not in (False, True, "auto"):
+            raise ValueError(f"gemv_configs['persistent']={persistent!r}: use False, True or 'auto'")
         mma = self.gemv_configs.pop("mma", "auto")
         # None: each kernel kind's default (kernels/pdl.py); a mode given is checked here, used on CUDA only.
         pdl = self.gemv_configs.pop("pdl", None)
@@ -198,6 +206,16 @@ class FastDecoder:
             raise ValueError(f"state_dtype={state_dtype}: use torch.float32, float16 or bfloat16")
         self.states = [torch.zeros(M, cfg.nheads, cfg.headdim, cfg.d_state, dtype=state_dtype, **kw)
                        for _ in self.layers]
+        # Batch 1: every layer in one persistent kernel (cuda/persistent_decode.py) where it can run.
+        self.persistent = None
+        if persistent is not False:
+            err = persistent_error(cfg, self.layers, M, dtype, dev)
+            if err is None:
+                self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
+                                                       residual=self.residual, zx=self.zx, h=self.h, pos=self.pos,
+                                                       eps=cfg.norm_eps)
+            elif persistent is True:
+                raise ValueError(f"persistent decode step: {err}")
         self.temperature, self.top_k = 0.0, 0
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -245,12 +263,14 @@ class FastDecoder:
         _embed_kernel[(M,)](self.ids, self.ids.stride(0), self.pos, self.emb, self.emb.stride(0),
                             self.emb_scale if int8 else self.emb, self.zx, self.residual, self.residual.stride(0),
                             cfg.d_model, BD=1024, INT8=int8, num_warps=4)
-        for i, L in enumerate(self.layers):
+        for i, L in enumerate(self.layers if self.persistent is None else []):
             self._proj(self.residual, L.in_w, norm="rms", norm_w=L.norm_w, out=self.zx, key="in_proj")
             ssm_step(self.zx, L.conv_w, L.conv_b, self.rings[i], L.dt_bias, L.A, L.D, self.states[i], self.pos,
                      ngroups=cfg.ngroups, h_out=self.h, **{"pdl": self.pdl, **self.gemv_configs.get("ssm", {})})
             self._proj(self.h, L.out_w, norm="gated", norm_w=L.gnorm_w, out=self.residual, residual=self.residual,
                        key="out_proj")
+        if self.persistent is not None:
+            self.persistent()
         self._proj(self.residual, self.head_w, norm="rms", norm_w=self.norm_f, out=self.logits, key="head",
                    row_scale=self.head_scale)
 

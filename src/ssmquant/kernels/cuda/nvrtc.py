@@ -23,6 +23,7 @@ _CUDA = None
 _MODULES: dict = {}
 
 _PDL_ATTR = 6        # CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION
+_COOP_ATTR = 2       # CU_LAUNCH_ATTRIBUTE_COOPERATIVE: every CTA resident at once, or the launch fails
 
 
 class _AttrValue(ctypes.Union):
@@ -119,20 +120,24 @@ class Kernel:
         self._dyn_smem = 48 * 1024 - static.value
 
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, *,
-               pdl: bool = False, smem: int = 0) -> None:
+               pdl: bool = False, smem: int = 0, cooperative: bool = False) -> None:
         """``args``: ctypes values in the kernel's parameter order (``ctypes.c_void_p(t.data_ptr())`` for a tensor).
         ``smem``: bytes of dynamic shared memory (``extern __shared__``); where static + dynamic exceed 48 KB the
-        kernel is allowed more once (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), as the driver asks."""
+        kernel is allowed more once (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), as the driver asks.
+        ``cooperative``: the driver guarantees that all CTAs run at once (or refuses the launch), which a kernel
+        with grid-wide barriers needs (``persistent_decode.cu``)."""
         if smem > self._dyn_smem:
             _check_cu(_load_cuda().cuFuncSetAttribute(self.func, 8, ctypes.c_int(smem)),
                       f"allowing {smem} bytes of shared memory for {self.name}")
             self._dyn_smem = smem
         params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
-        attr = _Attr()
-        attr.id = _PDL_ATTR
-        attr.value.u32 = 1
+        ids = [i for i, on in ((_PDL_ATTR, pdl), (_COOP_ATTR, cooperative)) if on]
+        attrs = (_Attr * max(1, len(ids)))()
+        for a, i in zip(attrs, ids):
+            a.id = i
+            a.value.u32 = 1
         cfg = _LaunchConfig(*grid, *block, smem, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream),
-                            ctypes.pointer(attr) if pdl else None, 1 if pdl else 0)
+                            attrs if ids else None, len(ids))
         _check_cu(_load_cuda().cuLaunchKernelEx(ctypes.byref(cfg), self.func, params, None), f"launching {self.name}")
 
 

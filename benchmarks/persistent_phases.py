@@ -1,0 +1,148 @@
+"""Where the persistent decode step's time goes: the kernel alone, with phases switched off or loads moved.
+
+    PYTHONPATH=src python benchmarks/persistent_phases.py --preset 1.3b [--variant NAME=-DOPT,...] --out p.json
+
+Builds the persistent step (``kernels/cuda/persistent_decode.py``) of a random ternary model of the preset's shape
+and times the kernel alone in a CUDA graph (``--launches`` launches per replay, median of ``--reps`` replays),
+compiled with the debugging constants of ``persistent_decode.cu``: ``PHASES`` (bit 0 in_proj, 1 SSM step,
+2 out_proj; 0 = barriers and the copies to shared memory only).
+The variants with phases off compute garbage; only
+their time means something. Also times the per-layer step's kernels (``FastDecoder`` without it) the same way.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+VARIANTS = {
+    "full": (),
+    "barriers_and_loads": ("-DPHASES=0",),
+    "in_proj_only": ("-DPHASES=1",),
+    "ssm_only": ("-DPHASES=2",),
+    "out_proj_only": ("-DPHASES=4",),
+}
+
+
+def _time(fn, launches: int, reps: int) -> float:
+    """Median us per ``fn`` call, ``launches`` calls captured in one graph."""
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(launches):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b) * 1000 / launches)
+    return statistics.median(out)
+
+
+# (name, from, to): time stamps of persistent_decode.cu's ``stamp`` calls, per layer; -1 = the next layer's 0.
+SEGMENTS = [("wait_A", 0, 1), ("stage_A", 1, 2), ("in_proj_and_arrive", 2, 3), ("issue_loads", 3, 4),
+            ("wait_B", 4, 5), ("ssm_and_arrive", 5, 6), ("store_state_wait_C", 6, 7), ("stage_C", 7, 8),
+            ("out_proj_and_arrive", 8, 9), ("to_next_layer", 9, -1)]
+
+
+def trace_segments(step, n_layer: int) -> dict:
+    """One traced launch: per segment, the median over CTAs and layers (us) and the slowest CTA's median."""
+    trace = torch.zeros(step.grid, n_layer, 24, dtype=torch.int64, device="cuda")
+    step(trace)
+    torch.cuda.synchronize()
+    t = trace.cpu().double()
+    # ns per cycle, per CTA: (globaltimer, clock) pairs at the start (layer 0, slots 10 / 11) and end (layer 1).
+    ns_per_cycle = (t[:, 1, 11] - t[:, 0, 11]) / (t[:, 1, 10] - t[:, 0, 10])
+    out = {}
+    for name, a, b in SEGMENTS:
+        if b == -1:
+            d = t[:, 1:, 0] - t[:, :-1, 9]
+        elif a == 0:
+            d = t[:, 1:, b] - t[:, 1:, a]            # layer 0 has no wait before its in_proj
+        else:
+            d = t[:, :, b] - t[:, :, a]
+        us = d * ns_per_cycle[:, None] / 1000
+        out[name] = {"median": us.median().item(), "max_cta": us.median(1).values.max().item()}
+    # Barriers across CTAs (global timer): arrival skew (last minus first arrival) and latency (median release
+    # minus last arrival), medians over layers. Arrive = slot 3 / 6 / 9, release = 5 / 7 / next layer's 1.
+    g = t[:, :, 12:] / 1000                                             # us
+    for name, arr, rel in (("barrier_A", g[:, :, 3], g[:, :, 5]), ("barrier_B", g[:, :, 6], g[:, :, 7]),
+                           ("barrier_C", g[:, :-1, 9], g[:, 1:, 1])):
+        skew = (arr.max(0).values - arr.min(0).values).median().item()
+        lat = (rel.median(0).values - arr.max(0).values).median().item()
+        out[name] = {"median": lat, "max_cta": skew}
+    return out
+
+
+@torch.no_grad()
+def main() -> None:
+    from ssmquant.bench.gpu import environment
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.cuda.persistent_decode import PersistentDecodeStep
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="1.3b")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME=-DOPT[,-DOPT...]: an extra variant (default: the built-in list)")
+    ap.add_argument("--only", nargs="*", default=None, help="run only these variants")
+    ap.add_argument("--launches", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--trace", action="store_true", help="also time the phases inside one launch (clock64)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    variants = dict(VARIANTS)
+    for v in a.variant:
+        name, opts = v.split("=", 1)
+        variants[name] = tuple(o for o in opts.split(",") if o)
+    if a.only is not None:
+        variants = {k: v for k, v in variants.items() if k in a.only}
+    model = random_model(a.preset, weights="ternary")
+    cfg = model.config
+    prompt = torch.randint(0, 50000, (1, 16), device="cuda")
+    dec = FastDecoder(model, 1, 8, gemv_configs={"persistent": False})
+    dec.start(prompt)
+    result = {"preset": a.preset, "env": environment(), "n_layer": cfg.n_layer, "launches": a.launches, "rows": {}}
+
+    def per_layer():
+        for i, L in enumerate(dec.layers):
+            dec._proj(dec.residual, L.in_w, norm="rms", norm_w=L.norm_w, out=dec.zx, key="in_proj")
+            from ssmquant.kernels.triton.ssm_step import ssm_step
+            ssm_step(dec.zx, L.conv_w, L.conv_b, dec.rings[i], L.dt_bias, L.A, L.D, dec.states[i], dec.pos,
+                     ngroups=cfg.ngroups, h_out=dec.h, pdl=dec.pdl)
+            dec._proj(dec.h, L.out_w, norm="gated", norm_w=L.gnorm_w, out=dec.residual, residual=dec.residual,
+                      key="out_proj")
+
+    us = _time(per_layer, a.launches, a.reps)
+    result["rows"]["per_layer_kernels"] = {"us": us, "us_per_layer": us / cfg.n_layer}
+    print(f"{'per_layer_kernels':24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer", flush=True)
+    for name, opts in variants.items():
+        step = PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
+                                    h=dec.h, pos=dec.pos, eps=cfg.norm_eps, extra_options=opts)
+        us = _time(step, a.launches, a.reps)
+        result["rows"][name] = {"options": list(opts), "us": us, "us_per_layer": us / cfg.n_layer,
+                                "registers": step.kernel.num_regs}
+        print(f"{name:24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer  regs {step.kernel.num_regs}", flush=True)
+    if a.trace:
+        step = PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
+                                    h=dec.h, pos=dec.pos, eps=cfg.norm_eps)
+        result["trace_us"] = trace_segments(step, cfg.n_layer)
+        for k, v in result["trace_us"].items():
+            what = ("latency", "arrival skew") if k.startswith("barrier") else ("median", "slowest CTA")
+            print(f"  {k:22s} {what[0]} {v['median']:6.2f} us   {what[1]} {v['max_cta']:6.2f} us", flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,801 @@
+// One whole decode step of a ternary Mamba-2 (every layer, batch 1) in a single persistent kernel.
+// Licence: Apache-2.0 (ssmquant). Compiled at run time by NVRTC; kernels/cuda/persistent_decode.py sets the -D
+// constants below and has the design notes (why, the phases, the memory-ordering argument).
+//
+// GRID CTAs (one per SM, all resident: cooperative launch) run the layers' three phases in order,
+//   A: zx = in_proj(rmsnorm(residual))                     rows split over the CTAs, a warp per row and chunk
+//   B: conv + SSM state update + gate -> h                 an item = CH channels of one head per CTA
+//   C: residual += out_proj(gated_rmsnorm(h))              as A
+// separated by grid barriers (a counter in global memory, zeroed before the launch). What a phase needs that
+// predates the step (weights, scales, SSM states, the conv ring's older taps) is loaded into registers *before*
+// the barrier that gates it: the next phases' loads are issued as soon as a phase's own outputs are written, so
+// HBM traffic overlaps the barriers and the phases' arithmetic instead of following them.
+//
+// Constants: NL layers; DM = d_model; E = d_inner; NH heads of P channels; NS = d_state; NG groups; DCONV taps;
+// DIP = d_in_proj; GIN / KBIN (GOUT / KBOUT): scale group and pack block of in_proj (out_proj), layout.py;
+// NW warps per CTA; GRID CTAs; CH channels per SSM item, TPC threads per channel; STATE_T (0 fp32, 1 fp16,
+// 2 bf16); ACT_BF16 (activations bf16, else fp16); XS (the 2-bit decode's power-of-two offset, gemv.py).
+
+typedef unsigned int u32;
+typedef unsigned short u16;
+typedef unsigned long long u64;
+
+#define NT (NW * 32)
+#ifndef PHASES
+#define PHASES 7      // benchmarks/persistent_phases.py: run only some phases (bit 0 A, 1 B, 2 C) to time them
+#endif
+// sm_90: weights and SSM states reach shared memory by TMA bulk copies (cp.async.bulk, completion on an
+// mbarrier): the copy engine issues them, so the barrier's polls do not queue behind this SM's loads. Else
+// cp.async (one 16-byte copy per lane and row).
+#if __CUDA_ARCH__ >= 900
+#define TMA 1
+#else
+#define TMA 0
+#endif
+
+struct LayerP {                       // one layer's tensors (persistent_decode.py builds the table)
+    const uint4* in_w; const u16* in_s; const float* norm_w;
+    const float* conv_w; const float* conv_b; const float* dt_bias; const float* A; const float* D;
+    const float* gnorm_w; const uint4* out_w; const u16* out_s; u16* ring; void* state;
+};
+
+// ---------------------------------------------------------------- loads, stores, conversions
+__device__ __forceinline__ uint4 ld_w(const uint4* p) {          // weights: never written, streamed once
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ u16 ld_s(const u16* p) {              // scales: read-only
+    u16 v;
+    asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    return v;
+}
+// Everything this kernel writes (residual, zx, h, states, ring) is read at L2 (.cg): another SM wrote it, and
+// this SM's L1 may hold an older copy of the same address from an earlier layer.
+__device__ __forceinline__ float4 ld_f4(const float* p) {
+    float4 v;
+    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float ld_f(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ u16 ld_h(const u16* p) {
+    u16 v;
+    asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
+    return v;
+}
+__device__ __forceinline__ uint4 ld_u4(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float h2f(u16 h) {                    // an fp16 scale
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+__device__ __forceinline__ float act2f(u16 h) {                  // an activation of the model dtype
+#if ACT_BF16
+    return __uint_as_float(((u32)h) << 16);
+#else
+    return h2f(h);
+#endif
+}
+__device__ __forceinline__ u16 f2act(float f) {
+    u16 h;
+#if ACT_BF16
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+    return h;
+}
+__device__ __forceinline__ float rnd(float f) { return act2f(f2act(f)); }   // rounded to the model dtype
+
+__device__ __forceinline__ float st2f(u32 bits16) {              // a half-precision state element
+#if STATE_T == 2
+    return __uint_as_float(bits16 << 16);
+#else
+    return h2f((u16)bits16);
+#endif
+}
+__device__ __forceinline__ u32 f2st(float f) {
+    u16 h;
+#if STATE_T == 2
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#else
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+#endif
+    return h;
+}
+
+__device__ __forceinline__ float ffma(float a, float b, float c) {   // fma.rn keeps denormal operands (no .ftz)
+    float d;
+    asm("fma.rn.f32 %0, %1, %2, %3;" : "=f"(d) : "f"(a), "f"(b), "f"(c));
+    return d;
+}
+__device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+// Time stamps for benchmarks/persistent_phases.py --trace: thread 0 of each CTA writes, at 10 points of every
+// layer, the SM clock (slot k) and the global timer (slot 12 + k), comparable across SMs
+// (``trace`` (GRID, NL, NTRACE) u64, or null: nothing is written). Slots 10 / 11: calibration.
+#define NTRACE 24
+__device__ __forceinline__ u64 globaltimer() {
+    u64 t;
+    asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ __forceinline__ void stamp(u64* trace, int l, int k) {
+    if (trace != nullptr && threadIdx.x == 0) {
+        trace[((long long)blockIdx.x * NL + l) * NTRACE + k] = clock64();
+        trace[((long long)blockIdx.x * NL + l) * NTRACE + 12 + k] = globaltimer();
+    }
+}
+
+// ---------------------------------------------------------------- the grid barrier
+// Arrive: bar.sync orders every thread's writes of the phase before thread 0's release increment of the counter
+// (a release is cumulative: it publishes what its thread has observed, here through bar.sync); wait: thread 0
+// reads the counter with acquire loads until every CTA has arrived, and bar.sync orders the rest of the CTA after
+// it. (Measured on H100, benchmarks/RESULTS.md: cooperative groups' extra full fences, or relaxed polls with one
+// fence, are slower.)
+__device__ __forceinline__ void arrive(u32* bar) {
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" :: "l"(bar) : "memory");
+}
+__device__ __forceinline__ void wait(u32* bar, u32 target) {
+    if (threadIdx.x == 0) {
+        u32 v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
+        } while (v < target);
+    }
+    __syncthreads();
+}
+
+// ---------------------------------------------------------------- asynchronous copies to shared memory
+__device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
+__device__ __forceinline__ void cp_async16(uint4* dst, const uint4* src, bool ok) {   // zero-filled if !ok
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(smem_u32(dst)), "l"(src), "r"(ok ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+__device__ __forceinline__ void mbar_init(u64* m) {
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" :: "r"(smem_u32(m)) : "memory");
+}
+// One arrival that also expects ``bytes`` of TMA copies: the phase completes when they have all landed.
+__device__ __forceinline__ void mbar_expect(u64* m, u32 bytes) {
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" :: "r"(smem_u32(m)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tma_load(void* dst, const void* src, u32 bytes, u64* m) {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 :: "r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(m)) : "memory");
+}
+// TMA store of a shared-memory tile to global memory (bulk group): its writes are not part of this thread's
+// generic-proxy ordering, so a barrier's release does not wait for them; nothing reads them this step.
+__device__ __forceinline__ void tma_store(void* dst, const void* src, u32 bytes) {
+    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\n cp.async.bulk.commit_group;"
+                 :: "l"(dst), "r"(smem_u32(src)), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void tma_store_read_wait() {       // the tile may be overwritten after this
+    asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+}
+__device__ __forceinline__ void tma_store_wait() { asm volatile("cp.async.bulk.wait_group 0;" ::: "memory"); }
+__device__ __forceinline__ void mbar_wait(u64* m, u32 parity) {
+    u32 done;
+    do {
+        asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
+                     " selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(smem_u32(m)), "r"(parity) : "memory");
+    } while (!done);
+}
+
+// ---------------------------------------------------------------- projections
+// A projection (N, K) in the GEMV layout (layout.py): row n is K/16 int32 words, pack blocks of KB inputs
+// (KW = KB/16 words), one fp16 scale per G inputs. A warp reads a row in chunks of 128 words, a lane 4 words
+// (one uint4, 64 codes) per chunk: its inputs are the same in every row, so a lane keeps its 64 activations in
+// registers for the whole phase, pre-scaled for the denormal decode of gemv.py: field j of a word, masked in
+// place, is the fp32 denormal (code + 1) * 2**(2j - 149); one FFMA with x * 2**(149 - XS - 2j) adds
+// (code + 1) * x * 2**-XS. Fields 11..15 are read from word >> 20. The "+ 1" is removed once per row (minus
+// the lane's sum of x), 2**XS and the scale once per lane and row.
+template <int N_, int K_, int KB_, int G_>
+struct Proj {
+    static constexpr int N = N_, K = K_, KB = KB_, G = G_;
+    static constexpr int KWT = K / 16;                 // words per row
+    static constexpr int KW = KB / 16;                 // words per pack block
+    static constexpr int NCH = (KWT + 127) / 128;      // chunks per row
+    static constexpr int NWG = NW / NCH;               // warp groups: a group's NCH warps share rows
+    static constexpr int RPC = (N + GRID - 1) / GRID;  // most rows of a CTA
+    static constexpr int MAXR = (RPC + NWG - 1) / NWG; // rows per warp
+    static constexpr int XPAD = KW;                    // floats of padding per pack block in shared memory
+    static constexpr int XLEN = K + (K / KB) * XPAD;   // (conflict-free 16-byte reads of a lane's inputs)
+};
+
+
+// This CTA's rows of a projection: [rb, re), balanced over the grid.
+template <class PJ>
+__device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ::N * cta) / GRID); }
+
+// Copy this CTA's words of one projection into shared memory, row after row (``buf``: PJ::MAXR * NW * 32
+// uint4; local row r's chunk c at (r * NCH + c) * 32, which is where warp (r % NWG) * NCH + c reads it), and load
+// the lane's scales into registers. Called before the barrier that gates the projection: nothing here depends
+// on this step's activations. sm_90: warp 0 issues one TMA copy per row, completing on ``mbar``; else each lane
+// copies its 16 bytes of every row with cp.async (one commit group).
+template <class PJ>
+__device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16* __restrict__ s, uint4* buf,
+                                         u16 (&sr)[PJ::MAXR], u64* mbar) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wg = warp / PJ::NCH, c = warp % PJ::NCH;
+    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
+    const int word = (c * 32 + lane) * 4;                  // the lane's first word in a row
+    const int sofs = (word / PJ::KW) * PJ::KB / PJ::G;     // its scale in the row (one pack block has one)
+    const bool lane_ok = word < PJ::KWT && warp < PJ::NWG * PJ::NCH;
+#if TMA
+    // One thread per row issues its copy (spread over the CTA); thread 0 also announces the bytes (the mbarrier's
+    // phase cannot complete before that arrival, whichever comes first).
+    constexpr u32 ROWB = PJ::KWT * 4;
+    if (threadIdx.x == 0) mbar_expect(mbar, (u32)(re - rb) * ROWB);
+    for (int r = threadIdx.x; r < re - rb; r += NT)
+        tma_load(buf + r * PJ::NCH * 32, w + (long long)(rb + r) * (PJ::KWT / 4), ROWB, mbar);
+#endif
+#pragma unroll
+    for (int i = 0; i < PJ::MAXR; ++i) {
+        const int row = rb + i * PJ::NWG + wg;
+        const bool ok = lane_ok && row < re;
+#if !TMA
+        // Rows and lanes past the end are zero-filled (source size 0).
+        cp_async16(buf + (i * NW + warp) * 32 + lane, ok ? w + (long long)row * (PJ::KWT / 4) + word / 4 : w, ok);
+#endif
+        sr[i] = ok ? ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs) : (u16)0;   // 0: the row adds nothing
+    }
+#if !TMA
+    cp_async_commit();
+#endif
+}
+
+template <int PENDING>
+__device__ __forceinline__ void words_wait(u64* mbar, u32 parity) {
+#if TMA
+    mbar_wait(mbar, parity);
+#else
+    cp_async_wait<PENDING>();
+#endif
+}
+
+// The norm weights of this thread's inputs in ``stage`` (PER float4), loaded before the barrier.
+template <class PJ>
+struct NormW {
+    static constexpr int K4 = PJ::K / 4, PER = (K4 + NT - 1) / NT;
+    float4 v[PER];
+};
+template <class PJ>
+__device__ __forceinline__ void prefetch_norm(const float* __restrict__ nw, NormW<PJ>& n) {
+#pragma unroll
+    for (int i = 0; i < NormW<PJ>::PER; ++i) {
+        const int k4 = threadIdx.x + i * NT;
+        n.v[i] = k4 < NormW<PJ>::K4 ? __ldg(reinterpret_cast<const float4*>(nw) + k4) : make_float4(0.f, 0.f, 0.f, 0.f);
+    }
+}
+
+// The projection's input after its norm, in shared memory (padded per pack block, PJ::XLEN floats):
+// xs[k] = round(src[k] * nw[k] * rsqrt(mean over k's group of src**2 + eps)), NGRP groups of K / NGRP inputs.
+// ``src`` (K,) fp32 was written by other CTAs before the barrier: read at L2.
+template <class PJ, int NGRP>
+__device__ __forceinline__ void stage(const float* src, const NormW<PJ>& nw, float eps, float* xs, float* red) {
+    constexpr int K4 = PJ::K / 4, PER = NormW<PJ>::PER, GS = PJ::K / NGRP;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    float4 v[PER];
+    float ss[NGRP];
+#pragma unroll
+    for (int g = 0; g < NGRP; ++g) ss[g] = 0.f;
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int k4 = threadIdx.x + i * NT;
+        if (k4 < K4) v[i] = ld_f4(src + 4 * k4);
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int k4 = threadIdx.x + i * NT;
+        if (k4 < K4) {
+            const float d = v[i].x * v[i].x + v[i].y * v[i].y + v[i].z * v[i].z + v[i].w * v[i].w;
+            const int grp = (4 * k4) / GS;
+#pragma unroll
+            for (int g = 0; g < NGRP; ++g) ss[g] += grp == g ? d : 0.f;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int g = 0; g < NGRP; ++g) ss[g] += __shfl_xor_sync(0xffffffffu, ss[g], o);
+    if (lane == 0) {
+#pragma unroll
+        for (int g = 0; g < NGRP; ++g) red[warp * NGRP + g] = ss[g];
+    }
+    __syncthreads();
+    float r[NGRP];
+#pragma unroll
+    for (int g = 0; g < NGRP; ++g) {
+        float t = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) t += red[w * NGRP + g];
+        r[g] = rsqrtf(t / GS + eps);
+    }
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int k4 = threadIdx.x + i * NT;
+        if (k4 < K4) {
+            const int k = 4 * k4, grp = k / GS;
+            float rg = r[0];
+#pragma unroll
+            for (int g = 1; g < NGRP; ++g) rg = grp == g ? r[g] : rg;
+            const float4 n = nw.v[i];
+            float4 o;
+            o.x = rnd(v[i].x * rg * n.x); o.y = rnd(v[i].y * rg * n.y);
+            o.z = rnd(v[i].z * rg * n.z); o.w = rnd(v[i].w * rg * n.w);
+            *reinterpret_cast<float4*>(xs + k + (k / PJ::KB) * PJ::XPAD) = o;
+        }
+    }
+    __syncthreads();
+}
+
+// The lane's 64 inputs of its chunk (the same in every row), pre-scaled per field for the denormal decode.
+// Returns their plain sum (the "+ 1" of the stored codes is removed with it).
+template <class PJ>
+__device__ __forceinline__ float lane_x(const float* xs, float (&xr)[16][4]) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int word = ((warp % PJ::NCH) * 32 + lane) * 4;
+    float sx = 0.f;
+    const bool ok = word < PJ::KWT && warp < PJ::NWG * PJ::NCH;
+    const int b = word / PJ::KW, w0 = word % PJ::KW;
+    const float* base = xs + b * (PJ::KB + PJ::XPAD) + w0;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const int jj = j < 11 ? j : j - 10;                 // field position in the (shifted) word
+        const float sc = __uint_as_float((u32)(127 + 149 - XS - 2 * jj) << 23);
+        float4 v = ok ? *reinterpret_cast<const float4*>(base + j * PJ::KW) : make_float4(0.f, 0.f, 0.f, 0.f);
+        sx += (v.x + v.y) + (v.z + v.w);
+        xr[j][0] = v.x * sc; xr[j][1] = v.y * sc; xr[j][2] = v.z * sc; xr[j][3] = v.w * sc;
+    }
+    return sx;
+}
+
+// sum over the lane's 64 weights of one row: code * x (before the row's reduction over lanes).
+__device__ __forceinline__ float row_dot(uint4 q, const float (&xr)[16][4], float sx, u16 scale) {
+    const u32 w[4] = {q.x, q.y, q.z, q.w};
+    float a[4];
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+        const u32 hi = w[t] >> 20;
+        float acc = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const u32 f = j < 11 ? (w[t] & (3u << (2 * j))) : (hi & (3u << (2 * (j - 10))));
+            acc = ffma(__uint_as_float(f), xr[j][t], acc);
+        }
+        a[t] = acc;
+    }
+    const float two_xs = __uint_as_float((u32)(127 + XS) << 23);
+    return (((a[0] + a[1]) + (a[2] + a[3])) * two_xs - sx) * h2f(scale);
+}
+
+// Sums R values (R a power of two <= 32) over the warp's lanes at once (call with N = R, O = 16): each butterfly
+// step halves the values a lane holds (it keeps one half and sends the other), so R values cost R - 1 +
+// log2(32 / R) shuffles instead of 5 R. Returns, in lane l, the sum of value l / (32 / R).
+template <int N, int O, int R>
+__device__ __forceinline__ float multi_warp_sum(float (&v)[R], int lane) {
+    if constexpr (N > 1) {
+        const bool hi = lane & O;
+#pragma unroll
+        for (int i = 0; i < N / 2; ++i) {
+            const float send = hi ? v[i] : v[i + N / 2], keep = hi ? v[i + N / 2] : v[i];
+            v[i] = keep + __shfl_xor_sync(0xffffffffu, send, O);
+        }
+        return multi_warp_sum<N / 2, O / 2, R>(v, lane);
+    } else {
+        float t = v[0];
+#pragma unroll
+        for (int o = O; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
+        return t;
+    }
+}
+
+__host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
+
+// out = W xs: rows of this CTA; RES: residual[row] += out (fp32), else zx[row] = out in the model dtype.
+// ``after_stage()`` runs once the activations are staged, before the products: where the kernel issues the
+// copies for later phases (see the main loop).
+template <class PJ, int NGRP, bool RES, int PENDING, class Hook>
+__device__ __forceinline__ void project(const float* src, const NormW<PJ>& nw, float eps,
+                                        const uint4* buf, u64* mbar, u32 parity, const u16 (&sr)[PJ::MAXR], float* xs,
+                                        float* red, float* part, u16* out_act, float* out_res, float& res_own,
+                                        u64* trace, int l, Hook after_stage) {
+    stage<PJ, NGRP>(src, nw, eps, xs, red);
+    stamp(trace, l, RES ? 8 : 2);
+    after_stage();
+    float xr[16][4];
+    const float sx = lane_x<PJ>(xs, xr);
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wg = warp / PJ::NCH, c = warp % PJ::NCH;
+    const int rb = row_begin<PJ>(blockIdx.x), cnt = row_begin<PJ>(blockIdx.x + 1) - rb;
+    constexpr int R = pow2_at_least(PJ::MAXR);
+    static_assert(R <= 32, "at most 32 rows per warp");
+    words_wait<PENDING>(mbar, parity); // the projection's words have landed (and are visible to this thread)
+    float v[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int ii = i < PJ::MAXR ? i : 0;
+        v[i] = i < PJ::MAXR ? row_dot(buf[(ii * NW + warp) * 32 + lane], xr, sx, sr[ii]) : 0.f;
+    }
+    const float sum = multi_warp_sum<R, 16, R>(v, lane);
+    const int i = lane / (32 / R), local = i * PJ::NWG + wg;
+    // in_proj with whole rows per warp writes directly; otherwise the chunks' partial sums meet in shared memory.
+    // out_proj always goes through it: thread ``local`` owns residual row rb + local and keeps its value in a
+    // register (``res_own``) across layers, so the update needs no read of global memory.
+    constexpr bool DIRECT = PJ::NCH == 1 && !RES;
+    if (lane % (32 / R) == 0 && i < PJ::MAXR && local < cnt && warp < PJ::NWG * PJ::NCH) {
+        if (DIRECT) out_act[rb + local] = f2act(sum);
+        else part[local * PJ::NCH + c] = sum;
+    }
+    if (!DIRECT) {
+        static_assert(!RES || PJ::RPC <= NT, "one thread per out_proj row of a CTA");
+        __syncthreads();
+        for (int l2 = threadIdx.x; l2 < cnt; l2 += NT) {
+            float t = 0.f;
+#pragma unroll
+            for (int cc = 0; cc < PJ::NCH; ++cc) t += part[l2 * PJ::NCH + cc];
+            if (RES) {
+                res_own += t;
+                out_res[rb + l2] = res_own;
+            } else {
+                out_act[rb + l2] = f2act(t);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- the SSM step (phase B)
+// An item: CH channels of head hd (channel block pb). Thread t: channel t / TPC; its SPT states are 16-byte
+// vectors (VEC elements) t % TPC, + TPC, + 2 TPC, ... of the channel's row, so a channel's TPC threads read
+// consecutive vectors (coalesced, and conflict-free from shared memory).
+constexpr int NITEMS = NH * (P / CH);
+constexpr int SPT = NS / TPC;
+constexpr int VEC = STATE_T == 0 ? 4 : 8;
+constexpr int SBYTES = STATE_T == 0 ? 4 : 2;
+constexpr int ITEM_BYTES = CH * NS * SBYTES;       // an item's state tile (contiguous in memory)
+__device__ __forceinline__ int state_n(int t, int k) { return VEC * (t % TPC + TPC * (k / VEC)) + k % VEC; }
+constexpr int BCPER = (2 * NS + NT - 1) / NT;     // B / C channels per thread
+
+struct SsmPre {                       // what predates the step, loaded before the barrier (no arithmetic on it
+    float S[SPT];                     // there: a use would wait for the load); the thread's state elements
+    u16 xr[DCONV - 1];                // thread t < CH: x channel t's older inputs (ring), conv taps and bias
+    float xw[DCONV], xb;
+    u16 bcr[BCPER][DCONV - 1];        // the same for B / C channel t + i NT (B: < NS, then C), i < BCPER
+    float bcw[BCPER][DCONV], bcb[BCPER];
+    float dtb, A, D;
+};
+
+__device__ __forceinline__ int item_channel(int item, int t) {   // x channel (xBC-relative) of thread t < CH
+    const int hd = item / (P / CH), pb = item % (P / CH);
+    return hd * P + pb * CH + t;
+}
+__device__ __forceinline__ int bc_channel(int item, int t) {     // B / C channel (xBC-relative) of thread t < 2 NS
+    const int grp = (item / (P / CH)) / (NH / NG);
+    return E + (t < NS ? grp * NS + t : NG * NS + grp * NS + (t - NS));
+}
+
+__device__ __forceinline__ void conv_load(const LayerP& L, int ch, int T, u16 (&r)[DCONV - 1], float (&w)[DCONV],
+                                          float& b) {
+    b = __ldg(L.conv_b + ch);
+#pragma unroll
+    for (int i = 0; i < DCONV; ++i) w[i] = __ldg(L.conv_w + ch * DCONV + i);
+#pragma unroll
+    for (int i = 0; i < DCONV - 1; ++i) r[i] = ld_h(L.ring + ch * DCONV + (T + 1 + i) % DCONV);
+}
+// silu(conv) of a channel with this step's input ``xin``: bias, older taps oldest first, then the new one.
+__device__ __forceinline__ float conv_out(const u16 (&r)[DCONV - 1], const float (&w)[DCONV], float b, float xin) {
+    float acc = b;
+#pragma unroll
+    for (int i = 0; i < DCONV - 1; ++i) acc += w[i] * act2f(r[i]);
+    return silu(acc + w[DCONV - 1] * xin);
+}
+
+// The thread's state elements from 16-byte vectors at ``base`` (the item's tile, global or shared memory).
+__device__ __forceinline__ void state_unpack(const void* tile, SsmPre& pre, bool global) {
+    const int t = threadIdx.x;
+    const char* base = reinterpret_cast<const char*>(tile) + (long long)(t / TPC) * NS * SBYTES;
+#pragma unroll
+    for (int k = 0; k < SPT; k += VEC) {
+        const void* p = base + state_n(t, k) * SBYTES;
+        const uint4 v = global ? ld_u4(p) : *reinterpret_cast<const uint4*>(p);
+        const u32 q[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+#if STATE_T == 0
+            pre.S[k + e] = __uint_as_float(q[e]);
+#else
+            pre.S[k + 2 * e] = st2f(q[e] & 0xffffu);
+            pre.S[k + 2 * e + 1] = st2f(q[e] >> 16);
+#endif
+        }
+    }
+}
+
+// The thread's 16-byte vector k / VEC of new state values, in the storage dtype.
+__device__ __forceinline__ uint4 state_pack(const SsmPre& pre, int k) {
+    uint4 v;
+#if STATE_T == 0
+    v = make_uint4(__float_as_uint(pre.S[k]), __float_as_uint(pre.S[k + 1]), __float_as_uint(pre.S[k + 2]),
+                   __float_as_uint(pre.S[k + 3]));
+#else
+    v.x = f2st(pre.S[k]) | (f2st(pre.S[k + 1]) << 16); v.y = f2st(pre.S[k + 2]) | (f2st(pre.S[k + 3]) << 16);
+    v.z = f2st(pre.S[k + 4]) | (f2st(pre.S[k + 5]) << 16); v.w = f2st(pre.S[k + 6]) | (f2st(pre.S[k + 7]) << 16);
+#endif
+    return v;
+}
+
+__device__ __forceinline__ const char* item_tile(const LayerP& L, int item) {
+    return reinterpret_cast<const char*>(L.state) + (long long)item_channel(item, 0) * NS * SBYTES;
+}
+
+// What the item needs that predates the step. ``tma`` (sm_90, first item): the state tile goes to ``stile`` by one
+// TMA copy (ssm_finish waits for it); else into registers.
+__device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPre& pre, bool tma, void* stile,
+                                         u64* mbar) {
+    const int t = threadIdx.x;
+#if TMA
+    if (tma) {
+        if (t == 0) {
+            tma_store_read_wait();     // the previous layer's state left the tile (ssm_writeback)
+            mbar_expect(mbar, ITEM_BYTES);
+            tma_load(stile, item_tile(L, item), ITEM_BYTES, mbar);
+        }
+    } else
+#endif
+    if (t < CH * TPC) {
+        state_unpack(item_tile(L, item), pre, true);
+    }
+    if (t < CH) conv_load(L, item_channel(item, t), T, pre.xr, pre.xw, pre.xb);
+#pragma unroll
+    for (int i = 0; i < BCPER; ++i)
+        if (t + i * NT < 2 * NS) conv_load(L, bc_channel(item, t + i * NT), T, pre.bcr[i], pre.bcw[i], pre.bcb[i]);
+    const int hd = item / (P / CH);
+    pre.dtb = __ldg(L.dt_bias + hd);
+    pre.A = __ldg(L.A + hd);
+    pre.D = __ldg(L.D + hd);
+}
+
+__device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const u16* zx,
+                                           float* hbuf, float* sm, bool tma, const void* stile, u64* mbar,
+                                           u32 parity) {
+    float* sm_x = sm;                 // CH
+    float* sm_z = sm + CH;            // CH
+    float* sm_bc = sm + 2 * CH;       // 2 NS
+    float* sm_dt = sm + 2 * CH + 2 * NS;
+    const int t = threadIdx.x;
+    const int hd = item / (P / CH), pb = item % (P / CH);
+    const int slot = T % DCONV;
+    float ssm_y = 0.f;
+    if (t < CH) {
+        const int ch = item_channel(item, t);
+        const u16 raw = ld_h(zx + E + ch);
+        L.ring[ch * DCONV + slot] = raw;
+        sm_x[t] = rnd(conv_out(pre.xr, pre.xw, pre.xb, act2f(raw)));
+        sm_z[t] = act2f(ld_h(zx + ch));
+    }
+#pragma unroll
+    for (int i = 0; i < BCPER; ++i) {
+        const int tb = t + i * NT;
+        if (tb < 2 * NS) {
+            const int ch = bc_channel(item, tb);
+            const u16 raw = ld_h(zx + E + ch);
+            if (hd % (NH / NG) == 0 && pb == 0) L.ring[ch * DCONV + slot] = raw;   // the group's first item
+            sm_bc[tb] = rnd(conv_out(pre.bcr[i], pre.bcw[i], pre.bcb[i], act2f(raw)));
+        }
+    }
+    if (t == 0) {
+        float dt = act2f(ld_h(zx + 2 * E + 2 * NG * NS + hd)) + pre.dtb;
+        sm_dt[0] = dt > 20.f ? dt : logf(1.f + expf(dt));    // softplus, torch's threshold
+    }
+#if TMA
+    if (tma) mbar_wait(mbar, parity);
+#endif
+    __syncthreads();
+    if (t < CH * TPC) {
+#if TMA
+        if (tma) state_unpack(stile, pre, false);
+#endif
+        const int cl = t / TPC;
+        const float dt = sm_dt[0], dA = __expf(dt * pre.A), xv = sm_x[cl], dtx = dt * xv;
+        float y = 0.f;
+#pragma unroll
+        for (int k = 0; k < SPT; ++k) {
+            const int n = state_n(t, k);
+            const float s = pre.S[k] * dA + dtx * sm_bc[n];
+            pre.S[k] = s;
+            y += s * sm_bc[NS + n];
+        }
+        ssm_y = y;
+#if TMA
+        if (tma) {                     // the new state back into the tile, for ssm_writeback's TMA store
+            char* base = reinterpret_cast<char*>(const_cast<void*>(stile)) + (long long)(t / TPC) * NS * SBYTES;
+#pragma unroll
+            for (int k = 0; k < SPT; k += VEC)
+                *reinterpret_cast<uint4*>(base + state_n(t, k) * SBYTES) = state_pack(pre, k);
+            asm volatile("fence.proxy.async.shared::cta;" ::: "memory");   // visible to the TMA store
+        }
+#endif
+    }
+    // Outside the branch: CH * TPC need not fill whole warps, and every lane of a warp must shuffle.
+#pragma unroll
+    for (int o = TPC / 2; o > 0; o >>= 1) ssm_y += __shfl_xor_sync(0xffffffffu, ssm_y, o);
+    if (t < CH * TPC && t % TPC == 0) {
+        const int cl = t / TPC;
+        const float yv = rnd(ssm_y) + sm_x[cl] * pre.D;
+        hbuf[item_channel(item, cl)] = yv * silu(sm_z[cl]);
+    }
+    __syncthreads();                  // the item's shared memory is reused by the next item
+}
+
+// The updated state back to memory. Nothing reads it before the next step, so the last item's store is issued
+// during out_proj, not before a barrier (whose release would wait for it).
+__device__ __forceinline__ void ssm_store(const LayerP& L, int item, const SsmPre& pre) {
+    const int t = threadIdx.x;
+    if (t >= CH * TPC) return;
+    char* base = const_cast<char*>(item_tile(L, item)) + (long long)(t / TPC) * NS * SBYTES;
+#pragma unroll
+    for (int k = 0; k < SPT; k += VEC) *reinterpret_cast<uint4*>(base + state_n(t, k) * SBYTES) = state_pack(pre, k);
+}
+
+// sm_90: the first item's new state, left in the shared tile by ssm_finish, goes back by one TMA store (thread 0).
+__device__ __forceinline__ void ssm_writeback(const LayerP& L, const void* stile) {
+#if TMA
+    if (threadIdx.x == 0) tma_store(const_cast<char*>(item_tile(L, blockIdx.x)), stile, ITEM_BYTES);
+#endif
+}
+
+// ---------------------------------------------------------------- the kernel
+using PA = Proj<DIP, DM, KBIN, GIN>;
+using PC = Proj<DM, E, KBOUT, GOUT>;
+constexpr int XMAX = PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
+constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
+
+static_assert(NW % PA::NCH == 0 && NW % PC::NCH == 0, "warps per CTA must be a multiple of both chunk counts");
+static_assert(PA::KW % 4 == 0 && PC::KW % 4 == 0, "pack blocks of at least 64 inputs");
+static_assert(CH * TPC <= NT, "SSM item larger than the CTA");
+static_assert(P % CH == 0 && NS % TPC == 0 && SPT % 8 == 0 && 32 % TPC == 0, "SSM item shape");
+
+extern "C" __global__ void __launch_bounds__(NT, 1)
+persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, float* hbuf,
+                  const int* __restrict__ pos, u32* bar, float eps, u64* trace) {
+    // Cycle -> time calibration for the trace: (clock, globaltimer) at the start and at the end.
+    if (trace != nullptr && threadIdx.x == 0) {
+        trace[(long long)blockIdx.x * NL * NTRACE + 10] = clock64();
+        trace[(long long)blockIdx.x * NL * NTRACE + 11] = globaltimer();
+    }
+    __shared__ __align__(16) float xs[XMAX];
+    __shared__ float red[NW * NG];
+    __shared__ float part[PMAX];
+    __shared__ float sm[2 * CH + 2 * NS + 1];
+    const int T = pos[0];
+    u32 nbar = 0;
+    // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
+    extern __shared__ __align__(16) uint4 wbuf[];
+    uint4* wa = wbuf;
+    uint4* wc = wbuf + PA::MAXR * NW * 32;
+    void* stile = wbuf + (PA::MAXR + PC::MAXR) * NW * 32;
+    __shared__ __align__(8) u64 mbar[3];            // completion of: in_proj words, out_proj words, state tile
+#if TMA
+    if (threadIdx.x == 0) {
+        for (int i = 0; i < 3; ++i) mbar_init(&mbar[i]);
+        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    }
+#endif
+    __syncthreads();
+    u16 sa[PA::MAXR];
+    u16 sc[PC::MAXR];
+    SsmPre pre;
+    NormW<PA> na;
+    NormW<PC> nc;
+    const bool has_item = (int)blockIdx.x < NITEMS;
+    // The last SSM item of this CTA (its state is stored during out_proj), or -1.
+    const int cta = blockIdx.x, last_item = has_item ? cta + GRID * ((NITEMS - 1 - cta) / GRID) : -1;
+    // This thread's residual row of the CTA's out_proj rows (project<PC>): read once, then kept in a register.
+    float res_own = 0.f;
+    if ((int)threadIdx.x < row_begin<PC>(blockIdx.x + 1) - row_begin<PC>(blockIdx.x))
+        res_own = residual[row_begin<PC>(blockIdx.x) + threadIdx.x];
+    LayerP L = layers[0];
+    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
+    // When copies are issued matters (benchmarks/RESULTS.md): a grid barrier completes only once the memory
+    // requests queued before its counter updates and polls have drained, so a burst issued just before a barrier
+    // delays it by the burst's transfer time. Each phase's copies are therefore issued right after the barrier
+    // that opens an earlier phase and after that phase's own activations are read (the ``after_stage`` hooks),
+    // and have that phase's arithmetic to land in: out_proj words and the SSM state during in_proj, the next
+    // in_proj's words (and the state write-back) during out_proj.
+    // Each mbarrier completes one phase per layer: layer l waits for parity l & 1.
+    for (int l = 0; l < NL; ++l) {
+        const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
+        const u32 parity = l & 1;
+        // ---- A: in_proj, after the previous layer's C
+        prefetch_norm<PA>(L.norm_w, na);
+        stamp(trace, l, 0);
+        if (l > 0) wait(bar, nbar * GRID);
+        stamp(trace, l, 1);
+        auto issue_bc = [&] {
+            prefetch<PC>(L.out_w, L.out_s, wc, sc, &mbar[1]);
+            if (has_item) ssm_load(L, blockIdx.x, T, pre, TMA, stile, &mbar[2]);
+        };
+        if (PHASES & 1) {
+            project<PA, 1, false, 0>(residual, na, eps, wa, &mbar[0], parity, sa, xs, red, part, zx, nullptr,
+                                     res_own, trace, l, issue_bc);
+        } else {
+            issue_bc();
+            words_wait<0>(&mbar[0], parity);       // (timing variants: the copies complete before the next ones)
+        }
+        arrive(bar);
+        ++nbar;
+        stamp(trace, l, 3);
+        stamp(trace, l, 4);
+        // ---- B: conv + SSM step + gate
+        wait(bar, nbar * GRID);
+        stamp(trace, l, 5);
+        if (TMA && !(PHASES & 2) && has_item) mbar_wait(&mbar[2], parity);
+        for (int item = blockIdx.x; (PHASES & 2) && item < NITEMS; item += GRID) {
+            const bool first = item == (int)blockIdx.x;
+            if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
+            ssm_finish(L, item, T, pre, zx, hbuf, sm, TMA && first, stile, &mbar[2], parity);
+            // The first item's state is written back during out_proj (TMA store on sm_90, else from registers if
+            // it is the last one); any other item's now.
+            if (TMA ? !first : item != last_item) ssm_store(L, item, pre);
+        }
+        arrive(bar);
+        ++nbar;
+        stamp(trace, l, 6);
+        // ---- C: out_proj + residual
+        prefetch_norm<PC>(L.gnorm_w, nc);
+        wait(bar, nbar * GRID);
+        stamp(trace, l, 7);
+        // The next in_proj's words (A's buffer is free); without TMA a cp.async group is committed either way, so
+        // C always waits for all but the newest group. Then the state write-back (nothing reads it this step).
+        auto issue_a = [&] {
+            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0]);
+            else if (!TMA) cp_async_commit();
+            if ((PHASES & 2) && has_item) {
+                if (TMA) ssm_writeback(L, stile);
+                else ssm_store(L, last_item, pre);
+            }
+        };
+        if (PHASES & 4) {
+            project<PC, NG, true, 1>(hbuf, nc, eps, wc, &mbar[1], parity, sc, xs, red, part, nullptr, residual,
+                                     res_own, trace, l, issue_a);
+        } else {
+            issue_a();
+            words_wait<1>(&mbar[1], parity);
+        }
+        if (l + 1 < NL) {
+            arrive(bar);
+            ++nbar;
+        }
+        stamp(trace, l, 9);
+        L = Ln;
+    }
+#if TMA
+    if (threadIdx.x == 0) tma_store_wait();
+#endif
+    if (trace != nullptr && threadIdx.x == 0) {
+        trace[(long long)blockIdx.x * NL * NTRACE + NTRACE + 10] = clock64();
+        trace[(long long)blockIdx.x * NL * NTRACE + NTRACE + 11] = globaltimer();
+    }
+}

@@ -1,0 +1,193 @@
+"""The whole decode step of a ternary Mamba-2 at batch 1 in one persistent kernel (CUDA C++, NVRTC).
+
+Why. The per-layer decode (``fast_decode.py``) launches three kernels a layer. Each is short (1.3B on an H100: in_proj
+4.3 us, SSM step 3.3, out_proj 2.9) and each boundary costs about a microsecond even with programmatic dependent
+launch, during which HBM idles; a GEMV's weights can be loaded early only while the kernel right before it runs.
+Here one kernel runs every layer: a CTA per SM (cooperative launch, so all are resident), the phases of a layer
+separated by grid-wide barriers instead of launches,
+
+    A  zx = in_proj(rmsnorm(residual))          rows split over the CTAs: a warp per row (and chunk of 2048 inputs)
+    B  conv, SSM state update, gate -> h        an item = CH channels of one head per CTA (ssm_step.py's arithmetic)
+    C  residual += out_proj(gated_rmsnorm(h))   as A
+
+and, since weights, scales, SSM states and the conv ring's older taps do not depend on the step, a CTA issues its
+loads for B, C and the next layer's A into registers as soon as A's outputs are written: HBM streams the next
+phases' bytes while the barriers and the arithmetic run. The embedding before and the head after stay separate
+kernels (``FastDecoder``).
+
+Arithmetic. The projections decode the GEMV layout (``kernels/layout.py``) as ``triton/gemv.py`` does (a field
+masked in place is an fp32 denormal; one FFMA per weight against pre-scaled activations); each lane keeps its 64
+inputs of a chunk in registers for all its rows. The norms are computed by every CTA from the whole activation
+vector it stages in shared memory, and the normed input is rounded to the model dtype (as the PyTorch model rounds
+its norm's output before the linear). Phase B is ``ssm_step.py`` (same roundings; softplus threshold 20).
+
+Memory ordering. Outputs of a phase are read by other SMs after a barrier: writes, ``bar.sync``, then thread 0's
+``fence`` and a release increment of a global counter; readers spin with acquire loads, then ``bar.sync``; data
+written during the kernel is read at L2 (``ld.global.cg``), never through L1 or the read-only path. The counter
+(one int32) is zeroed by a memset before each launch, so the kernel is captured in a CUDA graph like the rest.
+
+Limits (:func:`persistent_error` says which one a model hits): batch 1; every in_proj / out_proj a 2-bit ternary
+``GemvTernaryWeight`` with pack blocks of >= 64 inputs; fp16 or bf16 activations; a CUDA device of compute
+capability >= 8.0 with NVRTC. Reference: the per-layer decode, itself checked against the model
+(``tests/test_kernels_persistent_decode.py``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import math
+from importlib import resources
+
+import torch
+
+from ..layout import GemvTernaryWeight
+
+XS = 64                # the denormal decode's power-of-two offset (triton/gemv.py)
+TARGET_WARPS = 8       # warps per CTA, rounded to a multiple of both projections' chunk counts
+MAX_WARPS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def _source() -> str:
+    return resources.files(__package__).joinpath("persistent_decode.cu").read_text()
+
+
+def _chunks(K: int) -> int:
+    """Chunks of 128 words (2048 ternary inputs) a warp reads a row in."""
+    return -(-(K // 16) // 128)
+
+
+def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
+    """Most rows of an (N, K) projection one warp reads (``Proj::MAXR`` in the .cu)."""
+    return -(-(-(-N // grid)) // (warps // _chunks(K)))
+
+
+def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int) -> int:
+    """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA and one SSM item's
+    state tile (``state_bytes`` per element)."""
+    nw = warps_per_cta(cfg.d_model, cfg.d_inner)
+    rows = rows_per_warp(d_in_proj, cfg.d_model, nw, grid) + rows_per_warp(cfg.d_model, cfg.d_inner, nw, grid)
+    ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, grid)
+    return rows * nw * 32 * 16 + ch * cfg.d_state * state_bytes
+
+
+STATIC_SMEM_MAX = 48 * 1024    # the kernel's static shared memory (activations, reductions) stays below this
+
+
+def warps_per_cta(d_model: int, d_inner: int) -> int:
+    """A multiple of both projections' chunk counts (a chunk's warps share rows), near :data:`TARGET_WARPS`."""
+    lcm = math.lcm(_chunks(d_model), _chunks(d_inner))
+    return lcm * max(1, TARGET_WARPS // lcm)
+
+
+def ssm_item(nheads: int, headdim: int, d_state: int, threads: int, grid: int) -> tuple[int, int]:
+    """(CH, TPC): channels per SSM item and threads per channel. Fewest rounds of items over the grid, then the
+    most CTAs busy, then the most threads; TPC divides a warp and leaves each thread a multiple of 8 states
+    (16-byte state loads in half precision) and at most 32."""
+    best = None
+    for tpc in (8, 4, 16, 2):
+        spt = d_state // tpc
+        if d_state % tpc or spt % 8 or spt > 32:
+            continue
+        for ch in (64, 32, 16, 8, 4, 2, 1):
+            if headdim % ch or ch * tpc > threads:
+                continue
+            items = nheads * (headdim // ch)
+            rounds = -(-items // grid)
+            key = (rounds, -min(items, grid), -ch * tpc)
+            if best is None or key < best[0]:
+                best = (key, (ch, tpc))
+    if best is None:
+        raise ValueError(f"no SSM item shape for d_state={d_state}, headdim={headdim} in {threads} threads")
+    return best[1]
+
+
+def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.device) -> str | None:
+    """Why the persistent step cannot run this decoder (``FastDecoder``'s per-layer weights), or None."""
+    from .ternary_mma import mma_supported
+
+    if batch != 1:
+        return f"batch {batch} (the persistent step runs batch 1)"
+    if dtype not in (torch.float16, torch.bfloat16):
+        return f"activations in {dtype} (fp16 or bf16)"
+    for name in ("in_w", "out_w"):
+        ws = [getattr(L, name) for L in layers]
+        if not all(isinstance(w, GemvTernaryWeight) and w.bits == 2 for w in ws):
+            return "every in_proj / out_proj must be 2-bit ternary in the GEMV layout (no DF-SSM, dense or mma)"
+        if len({(w.group_size, w.block, w.shape) for w in ws}) != 1:
+            return f"{name[:-2]}_proj differs between layers (group size, pack block or shape)"
+        if ws[0].block % 64:
+            return f"pack block of {ws[0].block} inputs (>= 64 needed: group size {ws[0].group_size})"
+    if warps_per_cta(cfg.d_model, cfg.d_inner) > MAX_WARPS:
+        return f"d_model={cfg.d_model} / d_inner={cfg.d_inner} need too many warps per CTA"
+    if cfg.nheads % cfg.ngroups or cfg.d_inner % cfg.ngroups:
+        return f"ngroups={cfg.ngroups} does not divide the heads"
+    try:
+        ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), 1)
+    except ValueError as e:
+        return str(e)
+    if device.type != "cuda" or not mma_supported():
+        return "needs a CUDA device of compute capability >= 8.0 with NVRTC"
+    props = torch.cuda.get_device_properties(device)
+    need = dynamic_smem(cfg, layers[0].in_w.shape[0], props.multi_processor_count, 4) + STATIC_SMEM_MAX
+    if need > props.shared_memory_per_block_optin:
+        return f"needs about {need // 1024} KB of shared memory per CTA, the GPU allows " \
+               f"{props.shared_memory_per_block_optin // 1024} KB"
+    return None
+
+
+class PersistentDecodeStep:
+    """Launches the persistent kernel over ``FastDecoder``'s buffers: residual (1, d_model) fp32 in and out, zx
+    (1, d_in_proj) and h (1, d_inner) fp32 as scratch, per-layer rings and states updated in place, ``pos`` the
+    token counter. Build with :func:`persistent_error` returning None."""
+
+    FIELDS = ("in_words", "in_scale", "norm_w", "conv_w", "conv_b", "dt_bias", "A", "D", "gnorm_w", "out_words",
+              "out_scale", "ring", "state")
+
+    def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float,
+                 extra_options: tuple[str, ...] = ()):
+        from .nvrtc import get_kernel
+
+        dev = residual.device
+        self.grid = torch.cuda.get_device_properties(dev).multi_processor_count
+        nw = warps_per_cta(cfg.d_model, cfg.d_inner)
+        ch, tpc = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, self.grid)
+        win, wout = layers[0].in_w, layers[0].out_w
+        state_t = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[states[0].dtype]
+        self.options = [
+            f"-DNL={len(layers)}", f"-DDM={cfg.d_model}", f"-DE={cfg.d_inner}", f"-DNH={cfg.nheads}",
+            f"-DP={cfg.headdim}", f"-DNS={cfg.d_state}", f"-DNG={cfg.ngroups}", f"-DDCONV={cfg.d_conv}",
+            f"-DDIP={win.shape[0]}", f"-DGIN={win.group_size}", f"-DKBIN={win.block}", f"-DGOUT={wout.group_size}",
+            f"-DKBOUT={wout.block}", f"-DNW={nw}", f"-DGRID={self.grid}", f"-DCH={ch}", f"-DTPC={tpc}",
+            f"-DSTATE_T={state_t}",
+            f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}", *extra_options]
+        self.threads = 32 * nw
+        rows = []
+        for L, ring, state in zip(layers, rings, states):
+            ts = (L.in_w.words, L.in_w.scale, L.norm_w, L.conv_w, L.conv_b, L.dt_bias, L.A, L.D, L.gnorm_w,
+                  L.out_w.words, L.out_w.scale, ring, state)
+            for name, t in zip(self.FIELDS, ts):
+                if not t.is_contiguous() or t.device != dev:
+                    raise ValueError(f"persistent step: {name} must be contiguous on {dev}")
+            rows.append([t.data_ptr() for t in ts])
+        # The kernel reads the tensors through this table of pointers: the decoder keeps the tensors alive.
+        self.table = torch.tensor(rows, dtype=torch.int64, device=dev)
+        self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
+        self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
+        self.kernel = get_kernel(_source(), "persistent_decode", self.options)
+        self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size())
+        if self.kernel.static_smem > STATIC_SMEM_MAX:
+            raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
+
+    def __call__(self, trace: torch.Tensor | None = None) -> None:
+        """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps
+        (benchmarks/persistent_phases.py --trace), or None."""
+        self.bar.zero_()
+        p = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+        args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar),
+                ctypes.c_float(self.eps), ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)]
+        self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
+
+
+__all__ = ["PersistentDecodeStep", "persistent_error", "ssm_item", "warps_per_cta"]
