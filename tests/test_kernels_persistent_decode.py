@@ -66,6 +66,19 @@ def test_persistent_error_names_each_refusal():
     assert "CUDA" in persistent_error(CFG, ok, 1, half, torch.device("cpu"))
 
 
+def test_auto_declines_where_row_sums_spill():
+    """"auto" keeps the per-layer kernels where a warp would sum more than AUTO_MAX_ROWS in_proj rows (2.7B on
+    132 SMs, measured slower), and takes the persistent step for the 1.3B / 370m / 130m shapes."""
+    from ssmquant.kernels.cuda.persistent_decode import auto_declines
+    from ssmquant.model.config import preset_config
+
+    for preset, declined in (("130m", False), ("370m", False), ("1.3b", False), ("2.7b", True)):
+        cfg = preset_config(preset)
+        assert (auto_declines(cfg, cfg.d_in_proj, 132) is not None) == declined, preset
+    cfg = preset_config("2.7b")
+    assert "rows per warp" in auto_declines(cfg, cfg.d_in_proj, 132)
+
+
 def _ternary(m, group=64):
     from ssmquant.quant.layers import PackedTernaryLinear
     from ssmquant.quant.ternary import ternary_codes_and_scales

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .cuda.persistent_decode import PersistentDecodeStep, persistent_error
+from .cuda.persistent_decode import PersistentDecodeStep, auto_declines, persistent_error
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
 from .layout_mma import MmaTernaryWeight, mma_from_gemv
@@ -126,8 +126,8 @@ class FastDecoder:
     default None: each kernel kind's own, ``pdl.DEFAULTS``), "ssm" (``ssm_step`` keyword
     arguments), "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
     here; 1 = one bit per weight, half the bytes) and "persistent" (batch 1: every layer of the step in one
-    persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run, True (error where not) or
-    False).
+    persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run and is faster
+    (``persistent_decode.auto_declines``), True (error where it cannot run) or False).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -210,6 +210,8 @@ class FastDecoder:
         self.persistent = None
         if persistent is not False:
             err = persistent_error(cfg, self.layers, M, dtype, dev)
+            if err is None and persistent == "auto":
+                err = auto_declines(cfg, cfg.d_in_proj, torch.cuda.get_device_properties(dev).multi_processor_count)
             if err is None:
                 self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
                                                        residual=self.residual, zx=self.zx, h=self.h, pos=self.pos,

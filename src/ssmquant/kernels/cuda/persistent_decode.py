@@ -103,6 +103,21 @@ def ssm_item(nheads: int, headdim: int, d_state: int, threads: int, grid: int) -
     return best[1]
 
 
+AUTO_MAX_ROWS = 16   # "auto" declines where a warp sums more in_proj rows than this (see auto_declines)
+
+
+def auto_declines(cfg, d_in_proj: int, grid: int) -> str | None:
+    """Why ``FastDecoder``'s "auto" keeps the per-layer kernels although the persistent step could run, or None.
+
+    Above :data:`AUTO_MAX_ROWS` in_proj rows per warp (2.7B on 132 SMs: 27) the per-row sums no longer fit the
+    registers (NVRTC reports a 1.2 KB stack per thread) and the step was slower than the per-layer kernels
+    (H100, run 17: 1.926 against 1.903 ms/token; 1.3B, 9 rows: 0.689 against 0.782)."""
+    rows = rows_per_warp(d_in_proj, cfg.d_model, warps_per_cta(cfg.d_model, cfg.d_inner), grid)
+    if rows > AUTO_MAX_ROWS:
+        return f"{rows} in_proj rows per warp (more than {AUTO_MAX_ROWS}: slower than the per-layer kernels)"
+    return None
+
+
 def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.device) -> str | None:
     """Why the persistent step cannot run this decoder (``FastDecoder``'s per-layer weights), or None."""
     from .ternary_mma import mma_supported
@@ -190,4 +205,5 @@ class PersistentDecodeStep:
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
-__all__ = ["PersistentDecodeStep", "persistent_error", "ssm_item", "warps_per_cta"]
+__all__ = ["AUTO_MAX_ROWS", "PersistentDecodeStep", "auto_declines", "persistent_error", "ssm_item",
+           "warps_per_cta"]
