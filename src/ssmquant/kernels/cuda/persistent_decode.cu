@@ -7,9 +7,10 @@
 //   B: conv + SSM state update + gate -> h                 an item = CH channels of one head per CTA
 //   C: residual += out_proj(gated_rmsnorm(h))              as A
 // separated by grid barriers (a counter in global memory, zeroed before the launch). What a phase needs that
-// predates the step (weights, scales, SSM states, the conv ring's older taps) is loaded into registers *before*
-// the barrier that gates it: the next phases' loads are issued as soon as a phase's own outputs are written, so
-// HBM traffic overlaps the barriers and the phases' arithmetic instead of following them.
+// predates the step (weights, scales, SSM states, the conv ring's older taps) is copied to shared memory (TMA on
+// sm_90, cp.async before) or loaded into registers while an earlier phase computes: out_proj's words and the
+// state during in_proj, the next in_proj's words during out_proj, each issued after that phase has read its
+// activations (a burst issued just before a barrier would delay the barrier by its transfer time).
 //
 // Constants: NL layers; DM = d_model; E = d_inner; NH heads of P channels; NS = d_state; NG groups; DCONV taps;
 // DIP = d_in_proj; GIN / KBIN (GOUT / KBOUT): scale group and pack block of in_proj (out_proj), layout.py;

@@ -10,10 +10,13 @@ separated by grid-wide barriers instead of launches,
     B  conv, SSM state update, gate -> h        an item = CH channels of one head per CTA (ssm_step.py's arithmetic)
     C  residual += out_proj(gated_rmsnorm(h))   as A
 
-and, since weights, scales, SSM states and the conv ring's older taps do not depend on the step, a CTA issues its
-loads for B, C and the next layer's A into registers as soon as A's outputs are written: HBM streams the next
-phases' bytes while the barriers and the arithmetic run. The embedding before and the head after stay separate
-kernels (``FastDecoder``).
+and, since weights, scales, SSM states and the conv ring's older taps do not depend on the step, each phase's
+bytes are copied to shared memory (TMA bulk copies on sm_90, completing on an mbarrier; cp.async before) while an
+earlier phase computes: out_proj's words and the state tile during in_proj, the next in_proj's words (and the state
+write-back, a TMA store) during out_proj. They are issued after that phase has read its activations, not just
+before a barrier: a barrier completes only once the memory requests queued ahead of its counter update and polls
+have drained (measured: a barrier after a prefetch burst took 4 us instead of 0.5; benchmarks/RESULTS.md). The
+embedding before and the head after stay separate kernels (``FastDecoder``).
 
 Arithmetic. The projections decode the GEMV layout (``kernels/layout.py``) as ``triton/gemv.py`` does (a field
 masked in place is an fp32 denormal; one FFMA per weight against pre-scaled activations); each lane keeps its 64
@@ -22,13 +25,16 @@ vector it stages in shared memory, and the normed input is rounded to the model 
 its norm's output before the linear). Phase B is ``ssm_step.py`` (same roundings; softplus threshold 20).
 
 Memory ordering. Outputs of a phase are read by other SMs after a barrier: writes, ``bar.sync``, then thread 0's
-``fence`` and a release increment of a global counter; readers spin with acquire loads, then ``bar.sync``; data
-written during the kernel is read at L2 (``ld.global.cg``), never through L1 or the read-only path. The counter
+release increment of a global counter (cumulative over what ``bar.sync`` made it observe); readers spin with
+acquire loads, then ``bar.sync``; data written during the kernel is read at L2 (``ld.global.cg``), never through
+L1 or the read-only path. The state write-back by TMA store is not ordered by the release, and needs not be:
+nothing reads it before the next launch. The counter
 (one int32) is zeroed by a memset before each launch, so the kernel is captured in a CUDA graph like the rest.
 
 Limits (:func:`persistent_error` says which one a model hits): batch 1; every in_proj / out_proj a 2-bit ternary
 ``GemvTernaryWeight`` with pack blocks of >= 64 inputs; fp16 or bf16 activations; a CUDA device of compute
-capability >= 8.0 with NVRTC. Reference: the per-layer decode, itself checked against the model
+capability >= 8.0 with NVRTC and the shared memory the CTA's rows need. ``FastDecoder``'s "auto" also declines
+shapes where it measured slower (:func:`auto_declines`). Reference: the per-layer decode, itself checked against the model
 (``tests/test_kernels_persistent_decode.py``).
 """
 
