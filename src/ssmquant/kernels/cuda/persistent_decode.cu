@@ -41,12 +41,6 @@ struct LayerP {                       // one layer's tensors (persistent_decode.
 };
 
 // ---------------------------------------------------------------- loads, stores, conversions
-__device__ __forceinline__ uint4 ld_w(const uint4* p) {          // weights: never written, streamed once
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
 __device__ __forceinline__ u16 ld_s(const u16* p) {              // scales: read-only
     u16 v;
     asm volatile("ld.global.nc.u16 %0, [%1];" : "=h"(v) : "l"(p));
@@ -54,17 +48,6 @@ __device__ __forceinline__ u16 ld_s(const u16* p) {              // scales: read
 }
 // Everything this kernel writes (residual, zx, h, states, ring) is read at L2 (.cg): another SM wrote it, and
 // this SM's L1 may hold an older copy of the same address from an earlier layer.
-__device__ __forceinline__ float4 ld_f4(const float* p) {
-    float4 v;
-    asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                 : "l"(p));
-    return v;
-}
-__device__ __forceinline__ float ld_f(const float* p) {
-    float v;
-    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-    return v;
-}
 __device__ __forceinline__ u16 ld_h(const u16* p) {
     u16 v;
     asm volatile("ld.global.cg.u16 %0, [%1];" : "=h"(v) : "l"(p));
@@ -123,11 +106,6 @@ __device__ __forceinline__ float ffma(float a, float b, float c) {   // fma.rn k
 }
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
 
 // Time stamps for benchmarks/persistent_phases.py --trace: thread 0 of each CTA writes, at 10 points of every
 // layer, the SM clock (slot k) and the global timer (slot 12 + k), comparable across SMs
@@ -305,7 +283,10 @@ __device__ __forceinline__ void stage(const float* src, const NormW<PJ>& nw, flo
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
         const int k4 = threadIdx.x + i * NT;
-        if (k4 < K4) v[i] = ld_f4(src + 4 * k4);
+        if (k4 < K4) {
+            const uint4 q = ld_u4(src + 4 * k4);
+            v[i] = make_float4(__uint_as_float(q.x), __uint_as_float(q.y), __uint_as_float(q.z), __uint_as_float(q.w));
+        }
     }
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
