@@ -5,7 +5,8 @@
 Builds the persistent step (``kernels/cuda/persistent_decode.py``) of a random ternary model of the preset's shape
 and times the kernel alone in a CUDA graph (``--launches`` launches per replay, median of ``--reps`` replays),
 compiled with the debugging constants of ``persistent_decode.cu``: ``PHASES`` (bit 0 in_proj, 1 SSM step,
-2 out_proj; 0 = barriers and the copies to shared memory only).
+2 out_proj; 0 = barriers and the copies to shared memory only), ``LATE_LOADS=0`` (scales and norm weights
+loaded next to the words' copies and before each wait), ``NO_SCALE_LOADS=1`` (scales not loaded at all).
 The variants with phases off compute garbage; only
 their time means something. Also times the per-layer step's kernels (``FastDecoder`` without it) the same way.
 """
@@ -24,6 +25,8 @@ VARIANTS = {
     "in_proj_only": ("-DPHASES=1",),
     "ssm_only": ("-DPHASES=2",),
     "out_proj_only": ("-DPHASES=4",),
+    "no_scale_loads": ("-DNO_SCALE_LOADS=1",),
+    "early_loads": ("-DLATE_LOADS=0",),
 }
 
 
@@ -98,6 +101,7 @@ def main() -> None:
     ap.add_argument("--launches", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--trace", action="store_true", help="also time the phases inside one launch (clock64)")
+    ap.add_argument("--trace-variant", default="full", help="the variant traced (default full)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     variants = dict(VARIANTS)
@@ -134,7 +138,9 @@ def main() -> None:
         print(f"{name:24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer  regs {step.kernel.num_regs}", flush=True)
     if a.trace:
         step = PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
-                                    h=dec.h, pos=dec.pos, eps=cfg.norm_eps)
+                                    h=dec.h, pos=dec.pos, eps=cfg.norm_eps,
+                                    extra_options=VARIANTS.get(a.trace_variant, ()))
+        result["trace_variant"] = a.trace_variant
         result["trace_us"] = trace_segments(step, cfg.n_layer)
         for k, v in result["trace_us"].items():
             what = ("latency", "arrival skew") if k.startswith("barrier") else ("median", "slowest CTA")

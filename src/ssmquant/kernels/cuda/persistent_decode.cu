@@ -28,6 +28,16 @@ typedef unsigned long long u64;
 // sm_90: weights and SSM states reach shared memory by TMA bulk copies (cp.async.bulk, completion on an
 // mbarrier): the copy engine issues them, so the barrier's polls do not queue behind this SM's loads. Else
 // cp.async (one 16-byte copy per lane and row).
+// Scales and norm weights are ordinary loads, and a barrier's release waits for loads still in flight: those of
+// out_proj and of the next in_proj are issued right after the SSM step's barrier arrival, where they have
+// out_proj's staging to land in. LATE_LOADS=0 issues them with the words' copies and before each phase's wait
+// instead (benchmarks/persistent_phases.py: 12.4 against 11.5 us per layer at 1.3B on an H100).
+#ifndef LATE_LOADS
+#define LATE_LOADS 1
+#endif
+#ifndef NO_SCALE_LOADS
+#define NO_SCALE_LOADS 0  // 1: every scale 1.0, not loaded (benchmarks/persistent_phases.py: what the loads cost)
+#endif
 #if __CUDA_ARCH__ >= 900
 #define TMA 1
 #else
@@ -215,7 +225,7 @@ __device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ:
 // copies its 16 bytes of every row with cp.async (one commit group).
 template <class PJ>
 __device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16* __restrict__ s, uint4* buf,
-                                         u16 (&sr)[PJ::MAXR], u64* mbar) {
+                                         u16 (&sr)[PJ::MAXR], u64* mbar, bool scales = true) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int wg = warp / PJ::NCH, c = warp % PJ::NCH;
     const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
@@ -238,11 +248,28 @@ __device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16*
         // Rows and lanes past the end are zero-filled (source size 0).
         cp_async16(buf + (i * NW + warp) * 32 + lane, ok ? w + (long long)row * (PJ::KWT / 4) + word / 4 : w, ok);
 #endif
-        sr[i] = ok ? ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs) : (u16)0;   // 0: the row adds nothing
+        if (scales)
+            sr[i] = !ok ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00 : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
     }
 #if !TMA
     cp_async_commit();
 #endif
+}
+
+// The lane's scales of one projection alone (see LATE_LOADS).
+template <class PJ>
+__device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR]) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int wg = warp / PJ::NCH, c = warp % PJ::NCH;
+    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
+    const int word = (c * 32 + lane) * 4, sofs = (word / PJ::KW) * PJ::KB / PJ::G;
+    const bool lane_ok = word < PJ::KWT && warp < PJ::NWG * PJ::NCH;
+#pragma unroll
+    for (int i = 0; i < PJ::MAXR; ++i) {
+        const int row = rb + i * PJ::NWG + wg;
+        sr[i] = !(lane_ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
+                                                                : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
+    }
 }
 
 template <int PENDING>
@@ -711,12 +738,12 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
         const u32 parity = l & 1;
         // ---- A: in_proj, after the previous layer's C
-        prefetch_norm<PA>(L.norm_w, na);
+        if (!LATE_LOADS || l == 0) prefetch_norm<PA>(L.norm_w, na);
         stamp(trace, l, 0);
         if (l > 0) wait(bar, nbar * GRID);
         stamp(trace, l, 1);
         auto issue_bc = [&] {
-            prefetch<PC>(L.out_w, L.out_s, wc, sc, &mbar[1]);
+            prefetch<PC>(L.out_w, L.out_s, wc, sc, &mbar[1], !LATE_LOADS);
             if (has_item) ssm_load(L, blockIdx.x, T, pre, TMA, stile, &mbar[2]);
         };
         if (PHASES & 1) {
@@ -745,14 +772,22 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         arrive(bar);
         ++nbar;
         stamp(trace, l, 6);
+        if (LATE_LOADS) {
+            load_scales<PC>(L.out_s, sc);
+            prefetch_norm<PC>(L.gnorm_w, nc);
+            if (l + 1 < NL) {
+                load_scales<PA>(Ln.in_s, sa);
+                prefetch_norm<PA>(Ln.norm_w, na);
+            }
+        }
         // ---- C: out_proj + residual
-        prefetch_norm<PC>(L.gnorm_w, nc);
+        if (!LATE_LOADS) prefetch_norm<PC>(L.gnorm_w, nc);
         wait(bar, nbar * GRID);
         stamp(trace, l, 7);
         // The next in_proj's words (A's buffer is free); without TMA a cp.async group is committed either way, so
         // C always waits for all but the newest group. Then the state write-back (nothing reads it this step).
         auto issue_a = [&] {
-            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0]);
+            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
             if ((PHASES & 2) && has_item) {
                 if (TMA) ssm_writeback(L, stile);
