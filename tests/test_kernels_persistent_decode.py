@@ -104,6 +104,27 @@ def test_fast_decoder_persistent_option_on_cpu():
         FastDecoder(m, 1, 4, gemv_configs={"persistent": "yes"})
 
 
+def test_auto_falls_back_with_a_warning_when_the_step_cannot_be_built(monkeypatch):
+    """A kernel that does not compile, or whose CTA does not fit on an SM, leaves "auto" on the per-layer kernels
+    with a warning; True lets the error through."""
+    import ssmquant.kernels.fast_decode as fd
+
+    if DEVICE == "cuda":
+        pytest.skip("CPU behaviour")
+
+    def refuse(*a, **k):
+        raise RuntimeError("a CTA does not fit on an SM")
+    monkeypatch.setattr(fd, "persistent_error", lambda *a, **k: None)
+    monkeypatch.setattr(fd, "_sm_count", lambda dev: 132)
+    monkeypatch.setattr(fd, "PersistentDecodeStep", refuse)
+    m = _ternary(tiny_model(seed=1, d_model=64, n_layer=1, d_state=32, headdim=32))
+    with pytest.warns(UserWarning, match="per-layer kernels: a CTA does not fit"):
+        dec = fd.FastDecoder(m, 1, 4, gemv_configs={"persistent": "auto"})
+    assert dec.persistent is None
+    with pytest.raises(RuntimeError, match="does not fit"):
+        fd.FastDecoder(m, 1, 4, gemv_configs={"persistent": True})
+
+
 # ---------------------------------------------------------------- GPU
 def _need_kernel():
     from ssmquant.kernels.cuda.ternary_mma import mma_supported
@@ -142,6 +163,8 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype):
     pers = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={"persistent": True})
     per_layer = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={"persistent": False})
     assert pers.persistent is not None and per_layer.persistent is None
+    step = pers.persistent
+    assert step.kernel.blocks_per_sm(step.threads, step.smem) >= 1   # the whole grid is resident
     a = pers.teacher_forced_logits(prompt, forced)
     b = per_layer.teacher_forced_logits(prompt, forced)
     assert rel_err(a, b) < 2e-3, rel_err(a, b)

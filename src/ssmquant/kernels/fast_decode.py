@@ -37,6 +37,7 @@ benchmarks compare logits step by step against ``model(ids, cache)``.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -211,11 +212,17 @@ class FastDecoder:
         if persistent is not False:
             err = persistent_error(cfg, self.layers, M, dtype, dev)
             if err is None and persistent == "auto":
-                err = auto_declines(cfg, cfg.d_in_proj, torch.cuda.get_device_properties(dev).multi_processor_count)
+                err = auto_declines(cfg, cfg.d_in_proj, _sm_count(dev))
             if err is None:
-                self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
-                                                       residual=self.residual, zx=self.zx, h=self.h, pos=self.pos,
-                                                       eps=cfg.norm_eps)
+                try:
+                    self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
+                                                           residual=self.residual, zx=self.zx, h=self.h,
+                                                           pos=self.pos, eps=cfg.norm_eps)
+                except RuntimeError as e:       # compiling, or the CTAs cannot all be resident on this GPU
+                    if persistent is True:
+                        raise
+                    warnings.warn(f"persistent decode step unavailable, using the per-layer kernels: {e}",
+                                  stacklevel=2)
             elif persistent is True:
                 raise ValueError(f"persistent decode step: {err}")
         self.temperature, self.top_k = 0.0, 0
@@ -398,6 +405,10 @@ def _mma_or(w, batch: int, mode):
     if mma_gemv_error(batch, N, K, w.group_size):
         return w
     return mma_from_gemv(w)
+
+
+def _sm_count(device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _interpreting() -> bool:

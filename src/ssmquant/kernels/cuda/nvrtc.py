@@ -119,6 +119,24 @@ class Kernel:
         # Dynamic shared memory a launch may ask for without opting in: static + dynamic <= 48 KB.
         self._dyn_smem = 48 * 1024 - static.value
 
+    def _allow_smem(self, smem: int) -> None:
+        """Dynamic shared memory above what a launch may ask for without opting in: the kernel is allowed more
+        once (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), as the driver asks."""
+        if smem > self._dyn_smem:
+            _check_cu(_load_cuda().cuFuncSetAttribute(self.func, 8, ctypes.c_int(smem)),
+                      f"allowing {smem} bytes of shared memory for {self.name}")
+            self._dyn_smem = smem
+
+    def blocks_per_sm(self, threads: int, smem: int = 0) -> int:
+        """How many CTAs of ``threads`` threads and ``smem`` bytes of dynamic shared memory fit on one SM at once
+        (``cuOccupancyMaxActiveBlocksPerMultiprocessor``): a kernel with grid-wide barriers needs its whole grid
+        resident."""
+        self._allow_smem(smem)
+        n = ctypes.c_int()
+        _check_cu(_load_cuda().cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            ctypes.byref(n), self.func, ctypes.c_int(threads), ctypes.c_size_t(smem)), f"occupancy of {self.name}")
+        return n.value
+
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, *,
                pdl: bool = False, smem: int = 0, cooperative: bool = False) -> None:
         """``args``: ctypes values in the kernel's parameter order (``ctypes.c_void_p(t.data_ptr())`` for a tensor).
@@ -126,10 +144,7 @@ class Kernel:
         kernel is allowed more once (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES), as the driver asks.
         ``cooperative``: the driver guarantees that all CTAs run at once (or refuses the launch), which a kernel
         with grid-wide barriers needs (``persistent_decode.cu``)."""
-        if smem > self._dyn_smem:
-            _check_cu(_load_cuda().cuFuncSetAttribute(self.func, 8, ctypes.c_int(smem)),
-                      f"allowing {smem} bytes of shared memory for {self.name}")
-            self._dyn_smem = smem
+        self._allow_smem(smem)
         params = (ctypes.c_void_p * len(args))(*[ctypes.cast(ctypes.pointer(a), ctypes.c_void_p) for a in args])
         ids = [i for i, on in ((_PDL_ATTR, pdl), (_COOP_ATTR, cooperative)) if on]
         attrs = (_Attr * max(1, len(ids)))()

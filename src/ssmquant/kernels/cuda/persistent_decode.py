@@ -200,6 +200,11 @@ class PersistentDecodeStep:
         self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size())
         if self.kernel.static_smem > STATIC_SMEM_MAX:
             raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
+        # One CTA per SM must fit (registers, shared memory), or the grid barriers could never complete; the
+        # cooperative launch would refuse it too, but only when the step runs.
+        if self.kernel.blocks_per_sm(self.threads, self.smem) < 1:
+            raise RuntimeError(f"persistent step: a CTA of {self.threads} threads and {self.smem} bytes of shared "
+                               "memory does not fit on an SM")
 
     def __call__(self, trace: torch.Tensor | None = None) -> None:
         """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps
