@@ -9,7 +9,11 @@ import torch
 from conftest import tiny_model
 from kernels_util import DEVICE, rel_err
 
-from ssmquant.kernels.cuda.persistent_decode import persistent_error, ssm_item, warps_per_cta
+from ssmquant.kernels.cuda.persistent_decode import (
+    persistent_error,
+    ssm_item,
+    warps_per_cta,
+)
 from ssmquant.kernels.layout import pack_gemv
 
 

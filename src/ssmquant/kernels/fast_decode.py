@@ -46,14 +46,17 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .cuda.persistent_decode import PersistentDecodeStep, auto_declines, persistent_error
+from .cuda.persistent_decode import (
+    PersistentDecodeStep,
+    auto_declines,
+    persistent_error,
+)
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
 from .layout_mma import MmaTernaryWeight, mma_from_gemv
 from .pdl import resolve as resolve_pdl
-from .prefill import GEMM_MIN_BATCH, prefill_model
+from .prefill import GEMM_MIN_BATCH, fast_weight_supported, prefill_model
 from .prefill import fast_weight as _fast_weight
-from .prefill import fast_weight_supported
 from .triton.gemm import ternary_matmul
 from .triton.gemv import gemv, norm_ref
 from .triton.rmsnorm import rms_norm_fused

@@ -54,19 +54,23 @@ TARGET_WARPS = 8       # warps per CTA, rounded to a multiple of both projection
 MAX_WARPS = 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _source() -> str:
     return resources.files(__package__).joinpath("persistent_decode.cu").read_text()
 
 
 def _chunks(K: int) -> int:
     """Chunks of 128 words (2048 ternary inputs) a warp reads a row in."""
-    return -(-(K // 16) // 128)
+    return _cdiv(K // 16, 128)
+
+
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
 
 
 def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
     """Most rows of an (N, K) projection one warp reads (``Proj::MAXR`` in the .cu)."""
-    return -(-(-(-N // grid)) // (warps // _chunks(K)))
+    return _cdiv(_cdiv(N, grid), warps // _chunks(K))
 
 
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int) -> int:
@@ -100,7 +104,7 @@ def ssm_item(nheads: int, headdim: int, d_state: int, threads: int, grid: int) -
             if headdim % ch or ch * tpc > threads:
                 continue
             items = nheads * (headdim // ch)
-            rounds = -(-items // grid)
+            rounds = _cdiv(items, grid)
             key = (rounds, -min(items, grid), -ch * tpc)
             if best is None or key < best[0]:
                 best = (key, (ch, tpc))
