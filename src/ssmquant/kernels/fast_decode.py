@@ -20,12 +20,12 @@ states (fp32, or fp16 / bf16 with ``state_dtype``), the logits. One decode step 
 so 3 kernels per layer against about 10 in mamba-ssm's step (DF-SSM: 5, each projection adds its ``V x``
 GEMV). At batch 1 with 2-bit ternary projections the layers run instead as one persistent kernel
 (``cuda/persistent_decode.py``: a CTA per SM, grid barriers between the phases, weights copied ahead), between the
-same embedding and head kernels. On Hopper the layer kernels are launched with programmatic dependent launch, so each one's weight loads
-overlap the kernels before it (``pdl.py`` has the rules). Ternary projections run the Triton GEMV or the
-tensor-core one (``cuda/ternary_mma.py``), chosen per projection and batch size (:func:`_mma_or`). At batch >=
-``GEMM_MIN_BATCH`` ternary and dense projections switch to a norm kernel (``rmsnorm.py``, where its power-of-two
-rows fit; else PyTorch) and a tensor-core product: ``gemm.py``, with out_proj's residual added in its epilogue,
-or cuBLAS.
+same embedding and head kernels. On Hopper the layer kernels are launched with programmatic dependent launch, so
+each one's weight loads overlap the kernels before it (``pdl.py`` has the rules). Ternary projections run the
+Triton GEMV or the tensor-core one (``cuda/ternary_mma.py``), chosen per projection and batch size
+(:func:`_mma_or`). At batch >= ``GEMM_MIN_BATCH`` ternary and dense projections switch to a norm kernel
+(``rmsnorm.py``, where its power-of-two rows fit; else PyTorch) and a tensor-core product: ``gemm.py``, with
+out_proj's residual added in its epilogue, or cuBLAS.
 The step reads every index from device memory, so it is captured once into a CUDA graph and replayed per token
 with no host synchronisation; the prompt is prefilled by the model's own forward with its ternary projections
 swapped for Triton ones (``prefill.prefill_model``), and its cache is copied into the static buffers (the conv ring at

@@ -26,8 +26,7 @@ typedef unsigned long long u64;
 #define PHASES 7      // benchmarks/persistent_phases.py: run only some phases (bit 0 A, 1 B, 2 C) to time them
 #endif
 // sm_90: weights and SSM states reach shared memory by TMA bulk copies (cp.async.bulk, completion on an
-// mbarrier): the copy engine issues them, so the barrier's polls do not queue behind this SM's loads. Else
-// cp.async (one 16-byte copy per lane and row).
+// mbarrier): one instruction a row, no load slots held. Else cp.async (one 16-byte copy per lane and row).
 // Scales and norm weights are ordinary loads, and a barrier's release waits for loads still in flight: those of
 // out_proj and of the next in_proj are issued right after the SSM step's barrier arrival, where they have
 // out_proj's staging to land in. LATE_LOADS=0 issues them with the words' copies and before each phase's wait

@@ -34,8 +34,8 @@ nothing reads it before the next launch. The counter
 Limits (:func:`persistent_error` says which one a model hits): batch 1; every in_proj / out_proj a 2-bit ternary
 ``GemvTernaryWeight`` with pack blocks of >= 64 inputs; fp16 or bf16 activations; a CUDA device of compute
 capability >= 8.0 with NVRTC and the shared memory the CTA's rows need. ``FastDecoder``'s "auto" also declines
-shapes where it measured slower (:func:`auto_declines`). Reference: the per-layer decode, itself checked against the model
-(``tests/test_kernels_persistent_decode.py``).
+shapes where it measured slower (:func:`auto_declines`). Reference: the per-layer decode, itself checked against
+the model (``tests/test_kernels_persistent_decode.py``).
 """
 
 from __future__ import annotations
