@@ -47,8 +47,9 @@ def register(sub) -> None:
                         "which dominates from batch 16; the run then also times fp32)")
     d.add_argument("--persistent", choices=["auto", "on", "off"], default="auto",
                    help="batch 1: every layer of the step in one persistent kernel (kernels/cuda/"
-                        "persistent_decode.py): auto (default: where the model allows it), on (error where not) "
-                        "or off (three kernels a layer). With it the run also times the per-layer kernels")
+                        "persistent_decode.py): auto (default: where it can run and measured faster; not 2.7B), "
+                        "on (error where it cannot run) or off (three kernels a layer). With it the run also "
+                        "times the per-layer kernels")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
