@@ -184,3 +184,24 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype):
     eager = pers.generate(prompt, 12, use_graph=False)
     graphed = pers.generate(prompt, 12, use_graph=True)
     assert torch.equal(eager, graphed)
+
+
+@pytest.mark.gpu
+def test_persistent_step_bf16_gpu():
+    """A bf16 model with bf16 SSM states (the kernel's other rounding paths) against the per-layer step."""
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    _need_kernel()
+    m = random_model("370m", weights="ternary", n_layer=2).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(1)
+    prompt = torch.randint(0, 50000, (1, 5), generator=g).cuda()
+    forced = torch.randint(0, 50000, (1, 6), generator=g).cuda()
+    pers = FastDecoder(m, 1, 16, state_dtype=torch.bfloat16, gemv_configs={"persistent": True})
+    per_layer = FastDecoder(m, 1, 16, state_dtype=torch.bfloat16, gemv_configs={"persistent": False})
+    assert pers.dtype == torch.bfloat16 and pers.persistent is not None
+    a = pers.teacher_forced_logits(prompt, forced)
+    b = per_layer.teacher_forced_logits(prompt, forced)
+    assert rel_err(a, b) < 1e-2, rel_err(a, b)
+    for s1, s2 in zip(pers.states, per_layer.states):
+        assert rel_err(s1, s2) < 1e-2
