@@ -117,16 +117,7 @@ def main() -> None:
     dec.start(prompt)
     result = {"preset": a.preset, "env": environment(), "n_layer": cfg.n_layer, "launches": a.launches, "rows": {}}
 
-    def per_layer():
-        for i, L in enumerate(dec.layers):
-            dec._proj(dec.residual, L.in_w, norm="rms", norm_w=L.norm_w, out=dec.zx, key="in_proj")
-            from ssmquant.kernels.triton.ssm_step import ssm_step
-            ssm_step(dec.zx, L.conv_w, L.conv_b, dec.rings[i], L.dt_bias, L.A, L.D, dec.states[i], dec.pos,
-                     ngroups=cfg.ngroups, h_out=dec.h, pdl=dec.pdl)
-            dec._proj(dec.h, L.out_w, norm="gated", norm_w=L.gnorm_w, out=dec.residual, residual=dec.residual,
-                      key="out_proj")
-
-    us = _time(per_layer, a.launches, a.reps)
+    us = _time(dec._layers, a.launches, a.reps)
     result["rows"]["per_layer_kernels"] = {"us": us, "us_per_layer": us / cfg.n_layer}
     print(f"{'per_layer_kernels':24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer", flush=True)
     for name, opts in variants.items():

@@ -269,20 +269,26 @@ class FastDecoder:
             out.copy_(y)
         return out
 
+    def _layers(self) -> None:
+        """Every layer on the per-layer kernels, the residual stream updated in place (three launches a layer)."""
+        cfg = self.cfg
+        for i, L in enumerate(self.layers):
+            self._proj(self.residual, L.in_w, norm="rms", norm_w=L.norm_w, out=self.zx, key="in_proj")
+            ssm_step(self.zx, L.conv_w, L.conv_b, self.rings[i], L.dt_bias, L.A, L.D, self.states[i], self.pos,
+                     ngroups=cfg.ngroups, h_out=self.h, **{"pdl": self.pdl, **self.gemv_configs.get("ssm", {})})
+            self._proj(self.h, L.out_w, norm="gated", norm_w=L.gnorm_w, out=self.residual, residual=self.residual,
+                       key="out_proj")
+
     def _forward(self) -> None:
         cfg, M = self.cfg, self.batch_size
         int8 = self.emb_scale is not None
         _embed_kernel[(M,)](self.ids, self.ids.stride(0), self.pos, self.emb, self.emb.stride(0),
                             self.emb_scale if int8 else self.emb, self.zx, self.residual, self.residual.stride(0),
                             cfg.d_model, BD=1024, INT8=int8, num_warps=4)
-        for i, L in enumerate(self.layers if self.persistent is None else []):
-            self._proj(self.residual, L.in_w, norm="rms", norm_w=L.norm_w, out=self.zx, key="in_proj")
-            ssm_step(self.zx, L.conv_w, L.conv_b, self.rings[i], L.dt_bias, L.A, L.D, self.states[i], self.pos,
-                     ngroups=cfg.ngroups, h_out=self.h, **{"pdl": self.pdl, **self.gemv_configs.get("ssm", {})})
-            self._proj(self.h, L.out_w, norm="gated", norm_w=L.gnorm_w, out=self.residual, residual=self.residual,
-                       key="out_proj")
         if self.persistent is not None:
             self.persistent()
+        else:
+            self._layers()
         self._proj(self.residual, self.head_w, norm="rms", norm_w=self.norm_f, out=self.logits, key="head",
                    row_scale=self.head_scale)
 
