@@ -116,8 +116,8 @@ __device__ __forceinline__ float ffma(float a, float b, float c) {   // fma.rn k
 __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __expf(-v)); }
 
 
-// Time stamps for benchmarks/persistent_phases.py --trace: thread 0 of each CTA writes, at 10 points of every
-// layer, the SM clock (slot k) and the global timer (slot 12 + k), comparable across SMs
+// Time stamps for benchmarks/persistent_phases.py --trace: thread 0 of each CTA writes, at points 0-9 of every
+// layer (4 unused), the SM clock (slot k) and the global timer (slot 12 + k), comparable across SMs
 // (``trace`` (GRID, NL, NTRACE) u64, or null: nothing is written). Slots 10 / 11: calibration.
 #define NTRACE 24
 __device__ __forceinline__ u64 globaltimer() {
@@ -217,58 +217,63 @@ struct Proj {
 template <class PJ>
 __device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ::N * cta) / GRID); }
 
+// Where this thread works in a projection: its warp group (rows wg, wg + NWG, ...), its chunk c, its first word in
+// a row, and whether that word exists (a partial last chunk, or a warp beyond NWG * NCH, has none).
+struct LaneChunk {
+    int wg, c, word;
+    bool ok;
+};
+template <class PJ>
+__device__ __forceinline__ LaneChunk lane_chunk() {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int c = warp % PJ::NCH, word = (c * 32 + lane) * 4;
+    return {warp / PJ::NCH, c, word, word < PJ::KWT && warp < PJ::NWG * PJ::NCH};
+}
+
+// The lane's scales of one projection: its block's scale in each of its rows (0 past the CTA's rows).
+template <class PJ>
+__device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR]) {
+    const LaneChunk lc = lane_chunk<PJ>();
+    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
+    const int sofs = (lc.word / PJ::KW) * PJ::KB / PJ::G;   // its scale in the row (one pack block has one)
+#pragma unroll
+    for (int i = 0; i < PJ::MAXR; ++i) {
+        const int row = rb + i * PJ::NWG + lc.wg;
+        sr[i] = !(lc.ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
+                                                               : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
+    }
+}
+
 // Copy this CTA's words of one projection into shared memory, row after row (``buf``: PJ::MAXR * NW * 32
-// uint4; local row r's chunk c at (r * NCH + c) * 32, which is where warp (r % NWG) * NCH + c reads it), and load
-// the lane's scales into registers. Called before the barrier that gates the projection: nothing here depends
-// on this step's activations. sm_90: warp 0 issues one TMA copy per row, completing on ``mbar``; else each lane
-// copies its 16 bytes of every row with cp.async (one commit group).
+// uint4; local row r's chunk c at (r * NCH + c) * 32, which is where warp (r % NWG) * NCH + c reads it), and, if
+// ``scales``, load the lane's scales (load_scales). Called before the barrier that gates the projection: nothing
+// here depends on this step's activations. sm_90: one thread per row issues that row's TMA copy, completing on
+// ``mbar``; else each lane copies its 16 bytes of every row with cp.async (one commit group).
 template <class PJ>
 __device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16* __restrict__ s, uint4* buf,
                                          u16 (&sr)[PJ::MAXR], u64* mbar, bool scales = true) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wg = warp / PJ::NCH, c = warp % PJ::NCH;
     const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
-    const int word = (c * 32 + lane) * 4;                  // the lane's first word in a row
-    const int sofs = (word / PJ::KW) * PJ::KB / PJ::G;     // its scale in the row (one pack block has one)
-    const bool lane_ok = word < PJ::KWT && warp < PJ::NWG * PJ::NCH;
 #if TMA
-    // One thread per row issues its copy (spread over the CTA); thread 0 also announces the bytes (the mbarrier's
-    // phase cannot complete before that arrival, whichever comes first).
+    // Thread 0 also announces the bytes (the mbarrier's phase cannot complete before that arrival, whichever
+    // comes first).
     constexpr u32 ROWB = PJ::KWT * 4;
     if (threadIdx.x == 0) mbar_expect(mbar, (u32)(re - rb) * ROWB);
     for (int r = threadIdx.x; r < re - rb; r += NT)
         tma_load(buf + r * PJ::NCH * 32, w + (long long)(rb + r) * (PJ::KWT / 4), ROWB, mbar);
-#endif
+#else
+    const LaneChunk lc = lane_chunk<PJ>();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 #pragma unroll
     for (int i = 0; i < PJ::MAXR; ++i) {
-        const int row = rb + i * PJ::NWG + wg;
-        const bool ok = lane_ok && row < re;
-#if !TMA
+        const int row = rb + i * PJ::NWG + lc.wg;
+        const bool ok = lc.ok && row < re;
         // Rows and lanes past the end are zero-filled (source size 0).
-        cp_async16(buf + (i * NW + warp) * 32 + lane, ok ? w + (long long)row * (PJ::KWT / 4) + word / 4 : w, ok);
-#endif
-        if (scales)
-            sr[i] = !ok ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00 : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
+        cp_async16(buf + (i * NW + warp) * 32 + lane, ok ? w + (long long)row * (PJ::KWT / 4) + lc.word / 4 : w,
+                   ok);
     }
-#if !TMA
     cp_async_commit();
 #endif
-}
-
-// The lane's scales of one projection alone (see LATE_LOADS).
-template <class PJ>
-__device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR]) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wg = warp / PJ::NCH, c = warp % PJ::NCH;
-    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
-    const int word = (c * 32 + lane) * 4, sofs = (word / PJ::KW) * PJ::KB / PJ::G;
-    const bool lane_ok = word < PJ::KWT && warp < PJ::NWG * PJ::NCH;
-#pragma unroll
-    for (int i = 0; i < PJ::MAXR; ++i) {
-        const int row = rb + i * PJ::NWG + wg;
-        sr[i] = !(lane_ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
-                                                                : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
-    }
+    if (scales) load_scales<PJ>(s, sr);
 }
 
 template <int PENDING>
@@ -363,11 +368,10 @@ __device__ __forceinline__ void stage(const float* src, const NormW<PJ>& nw, flo
 // Returns their plain sum (the "+ 1" of the stored codes is removed with it).
 template <class PJ>
 __device__ __forceinline__ float lane_x(const float* xs, float (&xr)[16][4]) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int word = ((warp % PJ::NCH) * 32 + lane) * 4;
+    const LaneChunk lc = lane_chunk<PJ>();
     float sx = 0.f;
-    const bool ok = word < PJ::KWT && warp < PJ::NWG * PJ::NCH;
-    const int b = word / PJ::KW, w0 = word % PJ::KW;
+    const bool ok = lc.ok;
+    const int b = lc.word / PJ::KW, w0 = lc.word % PJ::KW;
     const float* base = xs + b * (PJ::KB + PJ::XPAD) + w0;
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
@@ -436,7 +440,8 @@ __device__ __forceinline__ void project(const float* src, const NormW<PJ>& nw, f
     float xr[16][4];
     const float sx = lane_x<PJ>(xs, xr);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int wg = warp / PJ::NCH, c = warp % PJ::NCH;
+    const LaneChunk lc = lane_chunk<PJ>();
+    const int wg = lc.wg, c = lc.c;
     const int rb = row_begin<PJ>(blockIdx.x), cnt = row_begin<PJ>(blockIdx.x + 1) - rb;
     constexpr int R = pow2_at_least(PJ::MAXR);
     static_assert(R <= 32, "at most 32 rows per warp");
@@ -755,7 +760,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         arrive(bar);
         ++nbar;
         stamp(trace, l, 3);
-        stamp(trace, l, 4);
         // ---- B: conv + SSM step + gate
         wait(bar, nbar * GRID);
         stamp(trace, l, 5);

@@ -59,13 +59,13 @@ def _source() -> str:
     return resources.files(__package__).joinpath("persistent_decode.cu").read_text()
 
 
+def _cdiv(a: int, b: int) -> int:
+    return (a + b - 1) // b
+
+
 def _chunks(K: int) -> int:
     """Chunks of 128 words (2048 ternary inputs) a warp reads a row in."""
     return _cdiv(K // 16, 128)
-
-
-def _cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
 
 
 def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
