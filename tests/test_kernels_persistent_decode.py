@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_model
 from kernels_util import DEVICE, rel_err
 
+from ssmquant.bench.models import to_ternary_
 from ssmquant.kernels.cuda.persistent_decode import (
     persistent_error,
     ssm_item,
@@ -83,24 +84,13 @@ def test_auto_declines_where_row_sums_spill():
     assert "rows per warp" in auto_declines(cfg, cfg.d_in_proj, 132)
 
 
-def _ternary(m, group=64):
-    from ssmquant.quant.layers import PackedTernaryLinear
-    from ssmquant.quant.ternary import ternary_codes_and_scales
-
-    for layer in m.backbone.layers:
-        for name in ("in_proj", "out_proj"):
-            c, s = ternary_codes_and_scales(getattr(layer.mixer, name).weight, group)
-            setattr(layer.mixer, name, PackedTernaryLinear(c, s, group))
-    return m
-
-
 def test_fast_decoder_persistent_option_on_cpu():
     """Where the kernel cannot run, "auto" falls back to the per-layer step and True says why; other values fail."""
     from ssmquant.kernels.fast_decode import FastDecoder
 
     if DEVICE == "cuda":
         pytest.skip("CPU behaviour")
-    m = _ternary(tiny_model(seed=1, d_model=64, n_layer=1, d_state=32, headdim=32))
+    m = to_ternary_(tiny_model(seed=1, d_model=64, n_layer=1, d_state=32, headdim=32), 64)
     assert FastDecoder(m, 1, 4, gemv_configs={"persistent": "auto"}).persistent is None
     with pytest.raises(ValueError, match="persistent decode step: .*activations"):
         FastDecoder(m, 1, 4, gemv_configs={"persistent": True})
@@ -121,7 +111,7 @@ def test_auto_falls_back_with_a_warning_when_the_step_cannot_be_built(monkeypatc
     monkeypatch.setattr(fd, "persistent_error", lambda *a, **k: None)
     monkeypatch.setattr(fd, "_sm_count", lambda dev: 132)
     monkeypatch.setattr(fd, "PersistentDecodeStep", refuse)
-    m = _ternary(tiny_model(seed=1, d_model=64, n_layer=1, d_state=32, headdim=32))
+    m = to_ternary_(tiny_model(seed=1, d_model=64, n_layer=1, d_state=32, headdim=32), 64)
     with pytest.warns(UserWarning, match="per-layer kernels: a CTA does not fit"):
         dec = fd.FastDecoder(m, 1, 4, gemv_configs={"persistent": "auto"})
     assert dec.persistent is None
@@ -141,8 +131,8 @@ def _models():
     from ssmquant.bench.models import random_model
 
     return {
-        "tiny_ngroups2": lambda: _ternary(tiny_model(seed=4, d_model=128, n_layer=2, d_state=32, headdim=32,
-                                                     ngroups=2)).half().cuda(),
+        "tiny_ngroups2": lambda: to_ternary_(tiny_model(seed=4, d_model=128, n_layer=2, d_state=32, headdim=32,
+                                                        ngroups=2), 64).half().cuda(),
         "1.3b_3layers": lambda: random_model("1.3b", weights="ternary", n_layer=3),
         # 2.7B: rows of 160 / 320 words (partial chunks), 6 warps per CTA, more SSM items than SMs.
         "2.7b_2layers": lambda: random_model("2.7b", weights="ternary", n_layer=2),
