@@ -12,10 +12,13 @@ from kernels_util import DEVICE, rel_err
 from ssmquant.bench.models import to_ternary_
 from ssmquant.kernels.cuda.persistent_decode import (
     persistent_error,
+    split_codes_ref,
+    split_error,
+    split_layout,
     ssm_item,
     warps_per_cta,
 )
-from ssmquant.kernels.layout import pack_gemv
+from ssmquant.kernels.layout import pack_gemv, unpack_codes_ref
 
 
 @pytest.mark.parametrize("d_model,d_inner", [(768, 1536), (1024, 2048), (2048, 4096), (2560, 5120), (128, 256)])
@@ -84,6 +87,32 @@ def test_auto_declines_where_row_sums_spill():
     assert "rows per warp" in auto_declines(cfg, cfg.d_in_proj, 132)
 
 
+@pytest.mark.parametrize("N,K,ch,group", [(64, 128, 32, 64), (48, 256, 64, 64), (32, 128, 16, 128), (16, 256, 64, 32)])
+def test_split_layout_round_trip(N, K, ch, group):
+    """The split layout holds every code of its item's columns (word v field j = column 16 v + j, items in
+    order), and the transposed scales are the GEMV layout's."""
+    g = torch.Generator().manual_seed(N + K)
+    codes = torch.randint(-1, 2, (N, K), generator=g, dtype=torch.int8)
+    w = pack_gemv(codes, torch.rand(N, K // group, generator=g), group)
+    words, scale_t = split_layout(w, ch)
+    assert words.dtype == torch.int32 and words.numel() == N * K // 16
+    assert torch.equal(split_codes_ref(words, N, K, ch), codes)
+    assert torch.equal(split_codes_ref(words, N, K, ch), unpack_codes_ref(w))
+    assert torch.equal(scale_t, w.scale.t())
+    # Item 1, row 2, word 0 holds column ch + j in bits 2j, 2j + 1.
+    word = int(words[(1 * N + 2) * (ch // 16)]) & 0xFFFFFFFF
+    assert [((word >> (2 * j)) & 3) - 1 for j in range(16)] == codes[2, ch:ch + 16].tolist()
+
+
+def test_split_error_names_each_refusal():
+    cfg = SimpleNamespace(d_model=2048, d_inner=4096, nheads=64, headdim=64, d_state=128, ngroups=1)
+    out64 = SimpleNamespace(group_size=64)
+    assert split_error(cfg, out64, 132) is None                             # items of 32 channels
+    assert "multiple of 16" in split_error(SimpleNamespace(**{**vars(cfg), "headdim": 8, "nheads": 512}), out64, 132)
+    assert "d_model=2044" in split_error(SimpleNamespace(**{**vars(cfg), "d_model": 2044}), out64, 132)
+    assert "divide" in split_error(cfg, SimpleNamespace(group_size=48), 132)
+
+
 def test_fast_decoder_persistent_option_on_cpu():
     """Where the kernel cannot run, "auto" falls back to the per-layer step and True says why; other values fail."""
     from ssmquant.kernels.fast_decode import FastDecoder
@@ -96,6 +125,8 @@ def test_fast_decoder_persistent_option_on_cpu():
         FastDecoder(m, 1, 4, gemv_configs={"persistent": True})
     with pytest.raises(ValueError, match="persistent"):
         FastDecoder(m, 1, 4, gemv_configs={"persistent": "yes"})
+    with pytest.raises(ValueError, match="out_split"):
+        FastDecoder(m, 1, 4, gemv_configs={"out_split": "yes"})
 
 
 def test_auto_falls_back_with_a_warning_when_the_step_cannot_be_built(monkeypatch):
@@ -142,10 +173,11 @@ def _models():
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tiny_ngroups2", "1.3b_3layers", "2.7b_2layers"])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.float16])
-def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype):
-    """Teacher-forced logits of the persistent step against the per-layer decode (same arithmetic up to the
-    rounding of the normed input) and the PyTorch model; states and rings end equal; greedy tokens under the
-    CUDA graph equal those without it."""
+@pytest.mark.parametrize("split", [False, True])
+def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype, split):
+    """Teacher-forced logits of the persistent step (out_proj by rows, or ``split`` by SSM item) against the
+    per-layer decode (same arithmetic up to the rounding of the normed inputs and the order of the sums) and the
+    PyTorch model; states and rings end equal; greedy tokens under the CUDA graph equal those without it."""
     from ssmquant.kernels.fast_decode import FastDecoder
 
     _need_kernel()
@@ -154,9 +186,15 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype):
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, min(V, 50000), (1, 5), generator=g).cuda()
     forced = torch.randint(0, min(V, 50000), (1, 6), generator=g).cuda()
-    pers = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={"persistent": True})
+    if split and name == "tiny_ngroups2":      # SSM items of 2 channels: the split layout needs 16
+        with pytest.raises(ValueError, match="multiple of 16"):
+            FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": True})
+        assert FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": "auto"}).persistent.split_out \
+            is False
+        return
+    pers = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={"persistent": True, "out_split": split})
     per_layer = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={"persistent": False})
-    assert pers.persistent is not None and per_layer.persistent is None
+    assert pers.persistent is not None and per_layer.persistent is None and pers.persistent.split_out == split
     step = pers.persistent
     assert step.kernel.blocks_per_sm(step.threads, step.smem) >= 1   # the whole grid is resident
     a = pers.teacher_forced_logits(prompt, forced)

@@ -50,6 +50,10 @@ def register(sub) -> None:
                         "persistent_decode.py): auto (default: where it can run and measured faster; not 2.7B), "
                         "on (error where it cannot run) or off (three kernels a layer). With it the run also "
                         "times the per-layer kernels")
+    d.add_argument("--out-split", choices=["off", "on", "auto"], default="off",
+                   help="the persistent kernel's out_proj split by SSM item (fp32 atomics, one grid barrier a layer "
+                        "fewer, logits not bitwise reproducible): off (default), on, or auto (where the shapes "
+                        "allow). With the persistent kernel the run also times the other choice")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
@@ -116,7 +120,7 @@ def _run_decode(a) -> None:
     cfg = DecodeBenchConfig(preset=a.preset, weights=a.weights, batch=a.batch, prompt_len=a.prompt_len,
                             new_tokens=a.new_tokens, group_size=a.group_size, baseline=not a.no_baseline,
                             rank=a.rank, head=a.head, scaffold_bits=a.scaffold_bits, mma=a.mma, pdl=a.pdl,
-                            state_dtype=a.state_dtype, persistent=a.persistent,
+                            state_dtype=a.state_dtype, persistent=a.persistent, out_split=a.out_split,
                             **({"reps": a.reps} if a.reps else {}))
     _emit(bench_decode(cfg), a.output)
 

@@ -50,6 +50,7 @@ from .cuda.persistent_decode import (
     PersistentDecodeStep,
     auto_declines,
     persistent_error,
+    split_error,
 )
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
@@ -131,7 +132,9 @@ class FastDecoder:
     arguments), "scaffold_bits" (DF-SSM scaffold on the GPU: 2 = signs as 2-bit codes, the default and faster
     here; 1 = one bit per weight, half the bytes) and "persistent" (batch 1: every layer of the step in one
     persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run and is faster
-    (``persistent_decode.auto_declines``), True (error where it cannot run) or False).
+    (``persistent_decode.auto_declines``), True (error where it cannot run) or False), "out_split" (the persistent
+    kernel's out_proj split by SSM item, fp32 atomics, one grid barrier a layer fewer, not bitwise reproducible:
+    False (default), True or "auto" (where ``persistent_decode.split_error`` allows)).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -157,6 +160,9 @@ class FastDecoder:
         persistent = self.gemv_configs.pop("persistent", "auto")
         if persistent not in (False, True, "auto"):
             raise ValueError(f"gemv_configs['persistent']={persistent!r}: use False, True or 'auto'")
+        out_split = self.gemv_configs.pop("out_split", False)
+        if out_split not in (False, True, "auto"):
+            raise ValueError(f"gemv_configs['out_split']={out_split!r}: use False, True or 'auto'")
         mma = self.gemv_configs.pop("mma", "auto")
         # None: each kernel kind's default (kernels/pdl.py); a mode given is checked here, used on CUDA only.
         pdl = self.gemv_configs.pop("pdl", None)
@@ -217,10 +223,12 @@ class FastDecoder:
             if err is None and persistent == "auto":
                 err = auto_declines(cfg, cfg.d_in_proj, _sm_count(dev))
             if err is None:
+                if out_split == "auto":
+                    out_split = split_error(cfg, self.layers[0].out_w, _sm_count(dev)) is None
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
                                                            residual=self.residual, zx=self.zx, h=self.h,
-                                                           pos=self.pos, eps=cfg.norm_eps)
+                                                           pos=self.pos, eps=cfg.norm_eps, split_out=out_split)
                 except RuntimeError as e:       # compiling, or the CTAs cannot all be resident on this GPU
                     if persistent is True:
                         raise

@@ -37,6 +37,16 @@ typedef unsigned long long u64;
 #ifndef NO_SCALE_LOADS
 #define NO_SCALE_LOADS 0  // 1: every scale 1.0, not loaded (benchmarks/persistent_phases.py: what the loads cost)
 #endif
+// SPLIT_OUT=1: out_proj split by input columns instead of rows, which removes the grid barrier before it. The CTA
+// that computes an SSM item's CH channels of h multiplies them by the item's CH columns of out_proj for every
+// output row and adds the (DM,) partial sums into a global buffer by fp32 atomics; the gated norm's 1 / rms, a
+// scalar per group, is applied by the readers: every CTA keeps the whole residual in registers and adds
+// rms * (sum of partials) to it when it stages the next in_proj, after the barrier that ends the layer. Two
+// barriers a layer instead of three. The sums' order varies between runs (atomics): the logits are not bitwise
+// reproducible, and the gated norm's output is not rounded to the model dtype before the product.
+#ifndef SPLIT_OUT
+#define SPLIT_OUT 0
+#endif
 #if __CUDA_ARCH__ >= 900
 #define TMA 1
 #else
@@ -47,6 +57,7 @@ struct LayerP {                       // one layer's tensors (persistent_decode.
     const uint4* in_w; const u16* in_s; const float* norm_w;
     const float* conv_w; const float* conv_b; const float* dt_bias; const float* A; const float* D;
     const float* gnorm_w; const uint4* out_w; const u16* out_s; u16* ring; void* state;
+    const uint4* out_ws; const u16* out_st;  // SPLIT_OUT: out_proj by SSM item (split_layout), its scales (E/GOUT, DM)
 };
 
 // ---------------------------------------------------------------- loads, stores, conversions
@@ -66,6 +77,11 @@ __device__ __forceinline__ uint4 ld_u4(const void* p) {
     uint4 v;
     asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
                  : "l"(p));
+    return v;
+}
+__device__ __forceinline__ float ld_f(const float* p) {
+    float v;
+    asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
     return v;
 }
 __device__ __forceinline__ float h2f(u16 h) {                    // an fp16 scale
@@ -301,24 +317,16 @@ __device__ __forceinline__ void prefetch_norm(const float* __restrict__ nw, Norm
 }
 
 // The projection's input after its norm, in shared memory (padded per pack block, PJ::XLEN floats):
-// xs[k] = round(src[k] * nw[k] * rsqrt(mean over k's group of src**2 + eps)), NGRP groups of K / NGRP inputs.
-// ``src`` (K,) fp32 was written by other CTAs before the barrier: read at L2.
+// xs[k] = round(v[k] * nw[k] * rsqrt(mean over k's group of v**2 + eps)), NGRP groups of K / NGRP inputs; the
+// thread holds v[4 k4 .. 4 k4 + 3] for k4 = threadIdx.x + i NT (i < PER).
 template <class PJ, int NGRP>
-__device__ __forceinline__ void stage(const float* src, const NormW<PJ>& nw, float eps, float* xs, float* red) {
+__device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER], const NormW<PJ>& nw, float eps,
+                                               float* xs, float* red) {
     constexpr int K4 = PJ::K / 4, PER = NormW<PJ>::PER, GS = PJ::K / NGRP;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    float4 v[PER];
     float ss[NGRP];
 #pragma unroll
     for (int g = 0; g < NGRP; ++g) ss[g] = 0.f;
-#pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int k4 = threadIdx.x + i * NT;
-        if (k4 < K4) {
-            const uint4 q = ld_u4(src + 4 * k4);
-            v[i] = make_float4(__uint_as_float(q.x), __uint_as_float(q.y), __uint_as_float(q.z), __uint_as_float(q.w));
-        }
-    }
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
         const int k4 = threadIdx.x + i * NT;
@@ -362,6 +370,29 @@ __device__ __forceinline__ void stage(const float* src, const NormW<PJ>& nw, flo
         }
     }
     __syncthreads();
+}
+
+// The thread's elements of a (K,) fp32 vector written by other CTAs before the barrier (read at L2).
+template <class PJ>
+__device__ __forceinline__ void load_vec(const float* src, float4 (&v)[NormW<PJ>::PER]) {
+#pragma unroll
+    for (int i = 0; i < NormW<PJ>::PER; ++i) {
+        const int k4 = threadIdx.x + i * NT;
+        if (k4 < PJ::K / 4) {
+            const uint4 q = ld_u4(src + 4 * k4);
+            v[i] = make_float4(__uint_as_float(q.x), __uint_as_float(q.y), __uint_as_float(q.z), __uint_as_float(q.w));
+        } else {
+            v[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        }
+    }
+}
+
+// stage: the normed input of ``src`` (K,) fp32, written by other CTAs before the barrier.
+template <class PJ, int NGRP>
+__device__ __forceinline__ void stage(const float* src, const NormW<PJ>& nw, float eps, float* xs, float* red) {
+    float4 v[NormW<PJ>::PER];
+    load_vec<PJ>(src, v);
+    norm_to_shared<PJ, NGRP>(v, nw, eps, xs, red);
 }
 
 // The lane's 64 inputs of its chunk (the same in every row), pre-scaled per field for the denormal decode.
@@ -427,14 +458,14 @@ __device__ __forceinline__ float multi_warp_sum(float (&v)[R], int lane) {
 __host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
 
 // out = W xs: rows of this CTA; RES: residual[row] += out (fp32), else zx[row] = out in the model dtype.
+// ``stage_in()`` writes the normed input to ``xs`` (stage, or stage_split's residual update first);
 // ``after_stage()`` runs once the activations are staged, before the products: where the kernel issues the
 // copies for later phases (see the main loop).
-template <class PJ, int NGRP, bool RES, int PENDING, class Hook>
-__device__ __forceinline__ void project(const float* src, const NormW<PJ>& nw, float eps,
-                                        const uint4* buf, u64* mbar, u32 parity, const u16 (&sr)[PJ::MAXR], float* xs,
-                                        float* red, float* part, u16* out_act, float* out_res, float& res_own,
-                                        u64* trace, int l, Hook after_stage) {
-    stage<PJ, NGRP>(src, nw, eps, xs, red);
+template <class PJ, bool RES, int PENDING, class Stage, class Hook>
+__device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* mbar, u32 parity,
+                                        const u16 (&sr)[PJ::MAXR], float* xs, float* part, u16* out_act,
+                                        float* out_res, float& res_own, u64* trace, int l, Hook after_stage) {
+    stage_in();
     stamp(trace, l, RES ? 8 : 2);
     after_stage();
     float xr[16][4];
@@ -498,6 +529,7 @@ struct SsmPre {                       // what predates the step, loaded before t
     u16 bcr[BCPER][DCONV - 1];        // the same for B / C channel t + i NT (B: < NS, then C), i < BCPER
     float bcw[BCPER][DCONV], bcb[BCPER];
     float dtb, A, D;
+    float gw;                         // SPLIT_OUT, thread t % TPC == 0: the gated norm's weight of channel t / TPC
 };
 
 __device__ __forceinline__ int item_channel(int item, int t) {   // x channel (xBC-relative) of thread t < CH
@@ -588,10 +620,11 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
     pre.dtb = __ldg(L.dt_bias + hd);
     pre.A = __ldg(L.A + hd);
     pre.D = __ldg(L.D + hd);
+    if (SPLIT_OUT && t < CH * TPC && t % TPC == 0) pre.gw = __ldg(L.gnorm_w + item_channel(item, t / TPC));
 }
 
 __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const u16* zx,
-                                           float* hbuf, float* sm, bool tma, const void* stile, u64* mbar,
+                                           float* hbuf, float* hsm, float* sm, bool tma, const void* stile, u64* mbar,
                                            u32 parity) {
     float* sm_x = sm;                 // CH
     float* sm_z = sm + CH;            // CH
@@ -657,7 +690,13 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     if (t < CH * TPC && t % TPC == 0) {
         const int cl = t / TPC;
         const float yv = rnd(ssm_y) + sm_x[cl] * pre.D;
-        hbuf[item_channel(item, cl)] = yv * silu(sm_z[cl]);
+        const float hv = yv * silu(sm_z[cl]);
+        if (SPLIT_OUT) {              // the item's h for out_split: times the norm weight, and squared
+            hsm[cl] = hv * pre.gw;
+            hsm[CH + cl] = hv * hv;
+        } else {
+            hbuf[item_channel(item, cl)] = hv;
+        }
     }
     __syncthreads();                  // the item's shared memory is reused by the next item
 }
@@ -679,11 +718,132 @@ __device__ __forceinline__ void ssm_writeback(const LayerP& L, const void* stile
 #endif
 }
 
+// ---------------------------------------------------------------- SPLIT_OUT: out_proj by SSM item
+// split_layout (persistent_decode.py): item i's columns [i CH, (i + 1) CH) of out_proj as a (DM, CH / 16) matrix of
+// words, row-major, field j of word w = column 16 w + j (stored code + 1), the items one after another; the scales
+// transposed, (E / GOUT, DM) fp16, so an item's scales are SG whole rows. Both reach shared memory by one TMA copy
+// each during in_proj (the CTA's first item; later items are read from global memory).
+#if SPLIT_OUT
+constexpr int WPR = CH / 16;                          // words per row of an item
+constexpr int SG = CH >= GOUT ? CH / GOUT : 1;        // scale rows of an item
+constexpr int SPLIT_WORDS_B = DM * WPR * 4, SPLIT_SCALES_B = SG * DM * 2;
+static_assert(CH % 16 == 0 && DM % 8 == 0 && (CH % GOUT == 0 || GOUT % CH == 0), "SPLIT_OUT item shape");
+#else
+constexpr int SPLIT_WORDS_B = 0, SPLIT_SCALES_B = 0;
+#endif
+
+// sums[0..3] += v (fp32 atomics: one 16-byte reduction on sm_90).
+__device__ __forceinline__ void red_add4(float* p, float a, float b, float c, float d) {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("red.global.add.v4.f32 [%0], {%1, %2, %3, %4};" :: "l"(p), "f"(a), "f"(b), "f"(c), "f"(d)
+                 : "memory");
+#else
+    atomicAdd(p, a); atomicAdd(p + 1, b); atomicAdd(p + 2, c); atomicAdd(p + 3, d);
+#endif
+}
+
+#if SPLIT_OUT
+__device__ __forceinline__ const uint4* split_words(const LayerP& L, int item) {
+    return L.out_ws + (long long)item * DM * WPR / 4;
+}
+__device__ __forceinline__ const u16* split_scales(const LayerP& L, int item) {
+    return L.out_st + (long long)(item * CH / GOUT) * DM;
+}
+
+// The CTA's first item's words and scales into shared memory (one completion on ``mbar``), issued during in_proj.
+__device__ __forceinline__ void prefetch_split(const LayerP& L, int item, uint4* wbuf, u16* sbuf, u64* mbar) {
+#if TMA
+    if (threadIdx.x == 0) {
+        mbar_expect(mbar, SPLIT_WORDS_B + SPLIT_SCALES_B);
+        tma_load(wbuf, split_words(L, item), SPLIT_WORDS_B, mbar);
+        tma_load(sbuf, split_scales(L, item), SPLIT_SCALES_B, mbar);
+    }
+#else
+    const uint4* w = split_words(L, item);
+    const uint4* sc = reinterpret_cast<const uint4*>(split_scales(L, item));
+    for (int i = threadIdx.x; i < SPLIT_WORDS_B / 16; i += NT) cp_async16(wbuf + i, w + i, true);
+    for (int i = threadIdx.x; i < SPLIT_SCALES_B / 16; i += NT)
+        cp_async16(reinterpret_cast<uint4*>(sbuf) + i, sc + i, true);
+    cp_async_commit();
+#endif
+}
+
+// sums[row] += sum over the item's CH columns c of W[row, c] hg[c] for every row (``hg``: h times the gated norm's
+// weight, shared memory). Thread t takes row quads t, t + NT, ...: 4 rows' words are 4 WPR consecutive words, their
+// scales 4 consecutive fp16, and their sums one 16-byte reduction. Decode as row_dot (denormal fields, the "+ 1"
+// removed per word with the sum of its 16 inputs, the scale applied per word).
+__device__ __forceinline__ void out_split(const uint4* words, const u16* scales, const float* hg, float* sums) {
+    float xr[CH], sxw[WPR];
+#pragma unroll
+    for (int w = 0; w < WPR; ++w) {
+        float sx = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const int jj = j < 11 ? j : j - 10;
+            const float v = hg[16 * w + j];
+            sx += v;
+            xr[16 * w + j] = v * __uint_as_float((u32)(127 + 149 - XS - 2 * jj) << 23);
+        }
+        sxw[w] = sx;
+    }
+    const float two_xs = __uint_as_float((u32)(127 + XS) << 23);
+    for (int q = threadIdx.x; q < DM / 4; q += NT) {
+        u32 wd[4 * WPR];
+#pragma unroll
+        for (int i = 0; i < WPR; ++i) {
+            const uint4 v = words[q * WPR + i];
+            wd[4 * i] = v.x; wd[4 * i + 1] = v.y; wd[4 * i + 2] = v.z; wd[4 * i + 3] = v.w;
+        }
+        float o[4];
+#pragma unroll
+        for (int r = 0; r < 4; ++r) {
+            float acc_row = 0.f;
+#pragma unroll
+            for (int w = 0; w < WPR; ++w) {
+                const u32 word = wd[r * WPR + w], hi = word >> 20;
+                float acc = 0.f;
+#pragma unroll
+                for (int j = 0; j < 16; ++j) {
+                    const u32 f = j < 11 ? (word & (3u << (2 * j))) : (hi & (3u << (2 * (j - 10))));
+                    acc = ffma(__uint_as_float(f), xr[16 * w + j], acc);
+                }
+                const float sc = h2f(scales[(SG == 1 ? 0 : (16 * w) / GOUT) * DM + 4 * q + r]);
+                acc_row += (acc * two_xs - sxw[w]) * sc;
+            }
+            o[r] = acc_row;
+        }
+        red_add4(sums + 4 * q, o[0], o[1], o[2], o[3]);
+    }
+}
+
+// Under SPLIT_OUT: v += the previous layer's out_proj at the thread's elements 4 k4 .. 4 k4 + 3, that is the sum
+// over norm groups g of rsqrt(ss[g] / (E / NG) + eps) * sums[g] (``sums`` (NG, DM), ``ss`` (NG,), complete after
+// the barrier that ended the layer).
+__device__ __forceinline__ void add_out(float4 (&v)[NormW<Proj<DIP, DM, KBIN, GIN>>::PER], const float* sums,
+                                        const float* ss, float eps) {
+    float r[NG];
+#pragma unroll
+    for (int g = 0; g < NG; ++g) r[g] = rsqrtf(ld_f(ss + g) / (E / NG) + eps);
+#pragma unroll
+    for (int g = 0; g < NG; ++g) {
+        float4 p[NormW<Proj<DIP, DM, KBIN, GIN>>::PER];
+        load_vec<Proj<DIP, DM, KBIN, GIN>>(sums + g * DM, p);
+#pragma unroll
+        for (int i = 0; i < NormW<Proj<DIP, DM, KBIN, GIN>>::PER; ++i) {
+            v[i].x += r[g] * p[i].x; v[i].y += r[g] * p[i].y; v[i].z += r[g] * p[i].z; v[i].w += r[g] * p[i].w;
+        }
+    }
+}
+#endif
+
 // ---------------------------------------------------------------- the kernel
 using PA = Proj<DIP, DM, KBIN, GIN>;
 using PC = Proj<DM, E, KBOUT, GOUT>;
-constexpr int XMAX = PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
-constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
+// (SPLIT_OUT never stages out_proj's input.)
+constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
+constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
+// Bytes of dynamic shared memory before the state tile: in_proj's words, then out_proj's (or SPLIT_OUT's item).
+constexpr int WC_BYTES = SPLIT_OUT ? SPLIT_WORDS_B + SPLIT_SCALES_B : PC::MAXR * NW * 32 * 16;
 
 static_assert(NW % PA::NCH == 0 && NW % PC::NCH == 0, "warps per CTA must be a multiple of both chunk counts");
 static_assert(PA::KW % 4 == 0 && PC::KW % 4 == 0, "pack blocks of at least 64 inputs");
@@ -692,7 +852,7 @@ static_assert(P % CH == 0 && NS % TPC == 0 && SPT % 8 == 0 && 32 % TPC == 0, "SS
 
 extern "C" __global__ void __launch_bounds__(NT, 1)
 persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, float* hbuf,
-                  const int* __restrict__ pos, u32* bar, float eps, u64* trace) {
+                  const int* __restrict__ pos, u32* bar, float* sums, float eps, u64* trace) {
     // Cycle -> time calibration for the trace: (clock, globaltimer) at the start and at the end.
     if (trace != nullptr && threadIdx.x == 0) {
         trace[(long long)blockIdx.x * NL * NTRACE + 10] = clock64();
@@ -702,13 +862,14 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     __shared__ float red[NW * NG];
     __shared__ float part[PMAX];
     __shared__ float sm[2 * CH + 2 * NS + 1];
+    __shared__ float hsm[SPLIT_OUT ? 2 * CH : 1];    // SPLIT_OUT: the item's h times the norm weight, h squared
     const int T = pos[0];
     u32 nbar = 0;
     // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
     extern __shared__ __align__(16) uint4 wbuf[];
     uint4* wa = wbuf;
     uint4* wc = wbuf + PA::MAXR * NW * 32;
-    void* stile = wbuf + (PA::MAXR + PC::MAXR) * NW * 32;
+    void* stile = reinterpret_cast<char*>(wc) + WC_BYTES;
     __shared__ __align__(8) u64 mbar[3];            // completion of: in_proj words, out_proj words, state tile
 #if TMA
     if (threadIdx.x == 0) {
@@ -718,13 +879,112 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
 #endif
     __syncthreads();
     u16 sa[PA::MAXR];
-    u16 sc[PC::MAXR];
     SsmPre pre;
     NormW<PA> na;
-    NormW<PC> nc;
     const bool has_item = (int)blockIdx.x < NITEMS;
+    const int cta = blockIdx.x;
+#if SPLIT_OUT
+    // ``sums``: out_proj's partial sums, (2, NG, DM) by layer parity, then the gated norm's sums of squares (2, NG);
+    // zero at the launch (with the counter). Layer l adds into parity l & 1; every CTA reads it after the barrier
+    // that ends layer l; after the next layer's in_proj barrier nobody reads it, and its slices are zeroed there for
+    // layer l + 2 (ordered before that layer's additions by the barriers between).
+    float4 res[NormW<PA>::PER];                      // the thread's elements of the residual, across layers
+    load_vec<PA>(residual, res);
+    float res_own = 0.f;                             // (project's out_proj register: unused here)
+    LayerP L = layers[0];
+    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
+    u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
+    for (int l = 0; l < NL; ++l) {
+        const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
+        const u32 parity = l & 1;
+        float* sums_l = sums + parity * NG * DM;
+        float* ss_l = sums + 2 * NG * DM + parity * NG;
+        // ---- A: in_proj, after the previous layer's out_proj
+        if (!LATE_LOADS || l == 0) prefetch_norm<PA>(L.norm_w, na);
+        stamp(trace, l, 0);
+        if (l > 0) wait(bar, nbar * GRID);
+        stamp(trace, l, 1);
+        auto issue_bc = [&] {
+            if (has_item) {
+                prefetch_split(L, blockIdx.x, wc, wcs, &mbar[1]);
+                ssm_load(L, blockIdx.x, T, pre, TMA, stile, &mbar[2]);
+            }
+        };
+        // The residual += the previous layer's out_proj, then in_proj's RMSNorm of it.
+        auto stage_a = [&] {
+            if (l > 0) add_out(res, sums + (parity ^ 1) * NG * DM, sums + 2 * NG * DM + (parity ^ 1) * NG, eps);
+            norm_to_shared<PA, 1>(res, na, eps, xs, red);
+        };
+        project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx, nullptr, res_own, trace, l, issue_bc);
+        arrive(bar);
+        ++nbar;
+        stamp(trace, l, 3);
+        if (LATE_LOADS && l + 1 < NL) {
+            load_scales<PA>(Ln.in_s, sa);
+            prefetch_norm<PA>(Ln.norm_w, na);
+        }
+        // ---- B: conv + SSM step + gate, and out_proj by item
+        wait(bar, nbar * GRID);
+        stamp(trace, l, 5);
+        if (l > 0) {                                  // the sums of layer l - 1 are read by now: zero them for l + 1
+            float* z = sums + (parity ^ 1) * NG * DM;
+            const int zb = (NG * DM / 4) * cta / GRID, ze = (NG * DM / 4) * (cta + 1) / GRID;
+            for (int i = zb + threadIdx.x; i < ze; i += NT)
+                reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (cta == 0 && threadIdx.x < NG) sums[2 * NG * DM + (parity ^ 1) * NG + threadIdx.x] = 0.f;
+        }
+        // The next in_proj's words (A's buffer is free), and the state write-back: once the first item's state is
+        // in its tile (or now, without an item).
+        auto issue_a = [&] {
+            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
+            else if (!TMA) cp_async_commit();
+            if (TMA && has_item) ssm_writeback(L, stile);
+        };
+        if (!has_item) issue_a();
+        for (int item = blockIdx.x; item < NITEMS; item += GRID) {
+            const bool first = item == (int)blockIdx.x;
+            if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
+            ssm_finish(L, item, T, pre, zx, hbuf, hsm, sm, TMA && first, stile, &mbar[2], parity);
+            if (!(TMA && first)) ssm_store(L, item, pre);
+            const int grp = item / (P / CH) / (NH / NG);
+            if (threadIdx.x < 32) {                   // the item's share of its group's sum of squares
+                float q = 0.f;
+                for (int c = threadIdx.x; c < CH; c += 32) q += hsm[CH + c];
+#pragma unroll
+                for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
+                if (threadIdx.x == 0) atomicAdd(ss_l + grp, q);
+            }
+            stamp(trace, l, 6);
+            if (first) {
+                issue_a();
+                words_wait<1>(&mbar[1], parity);
+            }
+            stamp(trace, l, 7);
+            out_split(first ? wc : split_words(L, item), first ? wcs : split_scales(L, item), hsm, sums_l + grp * DM);
+            __syncthreads();                          // hsm is reused by the next item
+        }
+        stamp(trace, l, 8);
+        arrive(bar);
+        ++nbar;
+        stamp(trace, l, 9);
+        L = Ln;
+    }
+    // The last layer's out_proj into the residual, written back by CTA 0 for the head.
+    wait(bar, nbar * GRID);
+    if (cta == 0) {
+        const int pl = (NL - 1) & 1;
+        add_out(res, sums + pl * NG * DM, sums + 2 * NG * DM + pl * NG, eps);
+#pragma unroll
+        for (int i = 0; i < NormW<PA>::PER; ++i) {
+            const int k4 = threadIdx.x + i * NT;
+            if (k4 < DM / 4) reinterpret_cast<float4*>(residual)[k4] = res[i];
+        }
+    }
+#else
+    u16 sc[PC::MAXR];
+    NormW<PC> nc;
     // The last SSM item of this CTA (its state is stored during out_proj), or -1.
-    const int cta = blockIdx.x, last_item = has_item ? cta + GRID * ((NITEMS - 1 - cta) / GRID) : -1;
+    const int last_item = has_item ? cta + GRID * ((NITEMS - 1 - cta) / GRID) : -1;
     // This thread's residual row of the CTA's out_proj rows (project<PC>): read once, then kept in a register.
     float res_own = 0.f;
     if ((int)threadIdx.x < row_begin<PC>(blockIdx.x + 1) - row_begin<PC>(blockIdx.x))
@@ -751,8 +1011,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             if (has_item) ssm_load(L, blockIdx.x, T, pre, TMA, stile, &mbar[2]);
         };
         if (PHASES & 1) {
-            project<PA, 1, false, 0>(residual, na, eps, wa, &mbar[0], parity, sa, xs, red, part, zx, nullptr,
-                                     res_own, trace, l, issue_bc);
+            project<PA, false, 0>([&] { stage<PA, 1>(residual, na, eps, xs, red); }, wa, &mbar[0], parity, sa, xs,
+                                  part, zx, nullptr, res_own, trace, l, issue_bc);
         } else {
             issue_bc();
             words_wait<0>(&mbar[0], parity);       // (timing variants: the copies complete before the next ones)
@@ -767,7 +1027,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         for (int item = blockIdx.x; (PHASES & 2) && item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx, hbuf, sm, TMA && first, stile, &mbar[2], parity);
+            ssm_finish(L, item, T, pre, zx, hbuf, hsm, sm, TMA && first, stile, &mbar[2], parity);
             // The first item's state is written back during out_proj (TMA store on sm_90, else from registers if
             // it is the last one); any other item's now.
             if (TMA ? !first : item != last_item) ssm_store(L, item, pre);
@@ -798,8 +1058,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             }
         };
         if (PHASES & 4) {
-            project<PC, NG, true, 1>(hbuf, nc, eps, wc, &mbar[1], parity, sc, xs, red, part, nullptr, residual,
-                                     res_own, trace, l, issue_a);
+            project<PC, true, 1>([&] { stage<PC, NG>(hbuf, nc, eps, xs, red); }, wc, &mbar[1], parity, sc, xs, part,
+                                 nullptr, residual, res_own, trace, l, issue_a);
         } else {
             issue_a();
             words_wait<1>(&mbar[1], parity);
@@ -811,6 +1071,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         stamp(trace, l, 9);
         L = Ln;
     }
+#endif
 #if TMA
     if (threadIdx.x == 0) tma_store_wait();
 #endif

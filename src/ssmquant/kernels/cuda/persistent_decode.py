@@ -47,7 +47,7 @@ from importlib import resources
 
 import torch
 
-from ..layout import GemvTernaryWeight
+from ..layout import GemvTernaryWeight, unpack_codes_ref
 
 XS = 64                # the denormal decode's power-of-two offset (triton/gemv.py)
 TARGET_WARPS = 8       # warps per CTA, rounded to a multiple of both projections' chunk counts
@@ -73,13 +73,54 @@ def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
     return _cdiv(_cdiv(N, grid), warps // _chunks(K))
 
 
-def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int) -> int:
-    """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA and one SSM item's
-    state tile (``state_bytes`` per element)."""
+def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
+                 out_group: int = 64) -> int:
+    """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA (with ``split_out``,
+    in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs) and one SSM
+    item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
-    rows = rows_per_warp(d_in_proj, cfg.d_model, nw, grid) + rows_per_warp(cfg.d_model, cfg.d_inner, nw, grid)
     ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, grid)
-    return rows * nw * 32 * 16 + ch * cfg.d_state * state_bytes
+    in_b = rows_per_warp(d_in_proj, cfg.d_model, nw, grid) * nw * 32 * 16
+    if split_out:
+        out_b = cfg.d_model * (ch // 16) * 4 + max(1, ch // out_group) * cfg.d_model * 2
+    else:
+        out_b = rows_per_warp(cfg.d_model, cfg.d_inner, nw, grid) * nw * 32 * 16
+    return in_b + out_b + ch * cfg.d_state * state_bytes
+
+
+def split_error(cfg, out_w: GemvTernaryWeight, grid: int) -> str | None:
+    """Why out_proj cannot be split by SSM item (``split_out``), or None."""
+    ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), grid)
+    g = out_w.group_size
+    if ch % 16:
+        return f"SSM items of {ch} channels (a multiple of 16 needed)"
+    if cfg.d_model % 8:
+        return f"d_model={cfg.d_model} (a multiple of 8 needed)"
+    if ch % g and g % ch:
+        return f"SSM items of {ch} channels and out_proj groups of {g} inputs (one must divide the other)"
+    return None
+
+
+def split_layout(w: GemvTernaryWeight, ch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """out_proj (N, K) for the split step: ``(words, scale_t)``.
+
+    words: (K / ch * N * ch / 16,) int32, item i's columns [i ch, (i + 1) ch) as an (N, ch / 16) row-major block of
+    words whose field j of word v holds column 16 v + j (stored code + 1, bits 2j and 2j + 1), the items one after
+    another; scale_t: (K / G, N) fp16, the scales transposed (an item's scales are whole rows)."""
+    N, K = w.shape
+    codes = unpack_codes_ref(w).to(torch.int64) + 1                            # (N, K) in {0, 1, 2}
+    c = codes.view(N, K // ch, ch // 16, 16).permute(1, 0, 2, 3)               # (items, N, words, j)
+    shifts = 2 * torch.arange(16, device=codes.device)
+    words = (c << shifts).sum(-1)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    return words.reshape(-1).contiguous(), w.scale.t().contiguous()
+
+
+def split_codes_ref(words: torch.Tensor, N: int, K: int, ch: int) -> torch.Tensor:
+    """Inverse of :func:`split_layout`'s words: (N, K) int8 codes."""
+    w = words.to(torch.int64).view(K // ch, N, ch // 16, 1) & 0xFFFFFFFF
+    f = (w >> (2 * torch.arange(16, device=words.device))) & 3                  # (items, N, words, j)
+    return (f - 1).permute(1, 0, 2, 3).reshape(N, K).to(torch.int8)
 
 
 STATIC_SMEM_MAX = 48 * 1024    # the kernel's static shared memory (activations, reductions) stays below this
@@ -168,9 +209,9 @@ class PersistentDecodeStep:
     token counter. Build with :func:`persistent_error` returning None."""
 
     FIELDS = ("in_words", "in_scale", "norm_w", "conv_w", "conv_b", "dt_bias", "A", "D", "gnorm_w", "out_words",
-              "out_scale", "ring", "state")
+              "out_scale", "ring", "state", "out_split_words", "out_split_scale")
 
-    def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float,
+    def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  extra_options: tuple[str, ...] = ()):
         from .nvrtc import get_kernel
 
@@ -179,6 +220,11 @@ class PersistentDecodeStep:
         nw = warps_per_cta(cfg.d_model, cfg.d_inner)
         ch, tpc = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, self.grid)
         win, wout = layers[0].in_w, layers[0].out_w
+        self.split_out = split_out
+        if split_out and (err := split_error(cfg, wout, self.grid)) is not None:
+            raise ValueError(f"persistent step, split out_proj: {err}")
+        # split_out: out_proj again in the split layout (the per-layer kernels keep the GEMV layout).
+        self.split = [split_layout(L.out_w, ch) if split_out else (L.out_w.words, L.out_w.scale) for L in layers]
         state_t = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[states[0].dtype]
         self.options = [
             f"-DNL={len(layers)}", f"-DDM={cfg.d_model}", f"-DE={cfg.d_inner}", f"-DNH={cfg.nheads}",
@@ -186,22 +232,28 @@ class PersistentDecodeStep:
             f"-DDIP={win.shape[0]}", f"-DGIN={win.group_size}", f"-DKBIN={win.block}", f"-DGOUT={wout.group_size}",
             f"-DKBOUT={wout.block}", f"-DNW={nw}", f"-DGRID={self.grid}", f"-DCH={ch}", f"-DTPC={tpc}",
             f"-DSTATE_T={state_t}",
-            f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}", *extra_options]
+            f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}", f"-DSPLIT_OUT={int(split_out)}",
+            *extra_options]
         self.threads = 32 * nw
         rows = []
-        for L, ring, state in zip(layers, rings, states):
+        for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
             ts = (L.in_w.words, L.in_w.scale, L.norm_w, L.conv_w, L.conv_b, L.dt_bias, L.A, L.D, L.gnorm_w,
-                  L.out_w.words, L.out_w.scale, ring, state)
+                  L.out_w.words, L.out_w.scale, ring, state, sw, ss)
             for name, t in zip(self.FIELDS, ts):
                 if not t.is_contiguous() or t.device != dev:
                     raise ValueError(f"persistent step: {name} must be contiguous on {dev}")
             rows.append([t.data_ptr() for t in ts])
         # The kernel reads the tensors through this table of pointers: the decoder keeps the tensors alive.
         self.table = torch.tensor(rows, dtype=torch.int64, device=dev)
-        self.bar = torch.zeros(1, dtype=torch.int32, device=dev)
+        # Zeroed by one memset per launch: the barrier counter, then (at 128 bytes) split_out's sums, (2, ngroups,
+        # d_model) fp32 partial sums of out_proj and (2, ngroups) sums of squares of h (see the .cu).
+        ng = cfg.ngroups
+        self.sync = torch.zeros(32 + 2 * ng * cfg.d_model + 2 * ng, dtype=torch.int32, device=dev)
+        self.bar, self.sums = self.sync[:1], self.sync[32:].view(torch.float32)
         self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
         self.kernel = get_kernel(_source(), "persistent_decode", self.options)
-        self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size())
+        self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size(), split_out,
+                                 wout.group_size)
         if self.kernel.static_smem > STATIC_SMEM_MAX:
             raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
         # One CTA per SM must fit (registers, shared memory), or the grid barriers could never complete; the
@@ -213,12 +265,12 @@ class PersistentDecodeStep:
     def __call__(self, trace: torch.Tensor | None = None) -> None:
         """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps
         (benchmarks/persistent_phases.py --trace), or None."""
-        self.bar.zero_()
+        self.sync.zero_()
         p = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
-        args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar),
+        args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
                 ctypes.c_float(self.eps), ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)]
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
-__all__ = ["AUTO_MAX_ROWS", "PersistentDecodeStep", "auto_declines", "persistent_error", "ssm_item",
-           "warps_per_cta"]
+__all__ = ["AUTO_MAX_ROWS", "PersistentDecodeStep", "auto_declines", "persistent_error", "split_error",
+           "split_layout", "ssm_item", "warps_per_cta"]
