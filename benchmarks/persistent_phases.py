@@ -6,7 +6,9 @@ Builds the persistent step (``kernels/cuda/persistent_decode.py``) of a random t
 and times the kernel alone in a CUDA graph (``--launches`` launches per replay, median of ``--reps`` replays),
 compiled with the debugging constants of ``persistent_decode.cu``: ``PHASES`` (bit 0 in_proj, 1 SSM step,
 2 out_proj; 0 = barriers and the copies to shared memory only), ``LATE_LOADS=0`` (scales and norm weights
-loaded next to the words' copies and before each wait), ``NO_SCALE_LOADS=1`` (scales not loaded at all).
+loaded next to the words' copies and before each wait), ``NO_SCALE_LOADS=1`` (scales not loaded at all);
+``-DSPLIT_OUT=1`` in a variant builds the step with out_proj split by SSM item (``split_out=True``), combinable
+with the others (``--variant NAME=-DSPLIT_OUT=1,-DPHASES=1``; PHASES does not switch the split step's phases).
 The variants with phases off compute garbage; only
 their time means something. Also times the per-layer step's kernels (``FastDecoder`` without it) the same way.
 """
@@ -27,7 +29,9 @@ VARIANTS = {
     "out_proj_only": ("-DPHASES=4",),
     "no_scale_loads": ("-DNO_SCALE_LOADS=1",),
     "early_loads": ("-DLATE_LOADS=0",),
+    "out_split": ("-DSPLIT_OUT=1",),        # out_proj split by SSM item (built with split_out=True)
 }
+SPLIT = "-DSPLIT_OUT=1"
 
 
 def _time(fn, launches: int, reps: int) -> float:
@@ -52,8 +56,14 @@ def _time(fn, launches: int, reps: int) -> float:
 
 
 # (name, from, to): time stamps of persistent_decode.cu's ``stamp`` calls, per layer; -1 = the next layer's 0.
-SEGMENTS = [("wait_A", 0, 1), ("stage_A", 1, 2), ("in_proj_and_arrive", 2, 3), ("wait_B", 3, 5), ("ssm_and_arrive", 5, 6), ("store_state_wait_C", 6, 7), ("stage_C", 7, 8),
+SEGMENTS = [("wait_A", 0, 1), ("stage_A", 1, 2), ("in_proj_and_arrive", 2, 3), ("wait_B", 3, 5),
+            ("ssm_and_arrive", 5, 6), ("store_state_wait_C", 6, 7), ("stage_C", 7, 8),
             ("out_proj_and_arrive", 8, 9), ("to_next_layer", 9, -1)]
+# With out_proj split by SSM item (no barrier before it): stamps 6 after the SSM step, 4 after issuing the next
+# in_proj's copies, 7 after out_proj's words' wait, 8 after the products and atomics, 9 after the arrival.
+SEGMENTS_SPLIT = [("wait_A", 0, 1), ("stage_A", 1, 2), ("in_proj_and_arrive", 2, 3), ("wait_B", 3, 5),
+                  ("ssm", 5, 6), ("issue_next", 6, 4), ("wait_words", 4, 7), ("out_split", 7, 8), ("arrive", 8, 9),
+                  ("to_next_layer", 9, -1)]
 
 
 def trace_segments(step, n_layer: int) -> dict:
@@ -65,7 +75,7 @@ def trace_segments(step, n_layer: int) -> dict:
     # ns per cycle, per CTA: (globaltimer, clock) pairs at the start (layer 0, slots 10 / 11) and end (layer 1).
     ns_per_cycle = (t[:, 1, 11] - t[:, 0, 11]) / (t[:, 1, 10] - t[:, 0, 10])
     out = {}
-    for name, a, b in SEGMENTS:
+    for name, a, b in SEGMENTS_SPLIT if step.split_out else SEGMENTS:
         if b == -1:
             d = t[:, 1:, 0] - t[:, :-1, 9]
         elif a == 0:
@@ -73,12 +83,16 @@ def trace_segments(step, n_layer: int) -> dict:
         else:
             d = t[:, :, b] - t[:, :, a]
         us = d * ns_per_cycle[:, None] / 1000
+        # CTAs without an SSM item skip some stamps.
+        stamped = [c for c in range(t.shape[0]) if bool((t[c, :, a] != 0).all() and (t[c, :, max(b, 0)] != 0).all())]
+        us = us[stamped]
         out[name] = {"median": us.median().item(), "max_cta": us.median(1).values.max().item()}
     # Barriers across CTAs (global timer): arrival skew (last minus first arrival) and latency (median release
     # minus last arrival), medians over layers. Arrive = slot 3 / 6 / 9, release = 5 / 7 / next layer's 1.
     g = t[:, :, 12:] / 1000                                             # us
-    for name, arr, rel in (("barrier_A", g[:, :, 3], g[:, :, 5]), ("barrier_B", g[:, :, 6], g[:, :, 7]),
-                           ("barrier_C", g[:, :-1, 9], g[:, 1:, 1])):
+    barriers = [("barrier_A", g[:, :, 3], g[:, :, 5]), ("barrier_B", g[:, :, 6], g[:, :, 7]),
+                ("barrier_C", g[:, :-1, 9], g[:, 1:, 1])]
+    for name, arr, rel in barriers[::2] if step.split_out else barriers:
         skew = (arr.max(0).values - arr.min(0).values).median().item()
         lat = (rel.median(0).values - arr.max(0).values).median().item()
         out[name] = {"median": lat, "max_cta": skew}
@@ -119,17 +133,19 @@ def main() -> None:
     us = _time(dec._layers, a.launches, a.reps)
     result["rows"]["per_layer_kernels"] = {"us": us, "us_per_layer": us / cfg.n_layer}
     print(f"{'per_layer_kernels':24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer", flush=True)
+    def build(opts):
+        return PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
+                                    h=dec.h, pos=dec.pos, eps=cfg.norm_eps, split_out=SPLIT in opts,
+                                    extra_options=tuple(o for o in opts if o != SPLIT))
+
     for name, opts in variants.items():
-        step = PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
-                                    h=dec.h, pos=dec.pos, eps=cfg.norm_eps, extra_options=opts)
+        step = build(opts)
         us = _time(step, a.launches, a.reps)
         result["rows"][name] = {"options": list(opts), "us": us, "us_per_layer": us / cfg.n_layer,
                                 "registers": step.kernel.num_regs}
         print(f"{name:24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer  regs {step.kernel.num_regs}", flush=True)
     if a.trace:
-        step = PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
-                                    h=dec.h, pos=dec.pos, eps=cfg.norm_eps,
-                                    extra_options=VARIANTS.get(a.trace_variant, ()))
+        step = build(variants.get(a.trace_variant, VARIANTS.get(a.trace_variant, ())))
         result["trace_variant"] = a.trace_variant
         result["trace_us"] = trace_segments(step, cfg.n_layer)
         for k, v in result["trace_us"].items():

@@ -47,6 +47,12 @@ typedef unsigned long long u64;
 #ifndef SPLIT_OUT
 #define SPLIT_OUT 0
 #endif
+#ifndef SPLIT_STAGGER
+#define SPLIT_STAGGER 1   // each CTA starts its atomics at its own row (else all start at row 0 at once)
+#endif
+#ifndef SPLIT_ISSUE_EARLY
+#define SPLIT_ISSUE_EARLY 0   // the next in_proj's copies issued before the SSM step (else after it)
+#endif
 #if __CUDA_ARCH__ >= 900
 #define TMA 1
 #else
@@ -133,7 +139,7 @@ __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __e
 
 
 // Time stamps for benchmarks/persistent_phases.py --trace: thread 0 of each CTA writes, at points 0-9 of every
-// layer (4 unused), the SM clock (slot k) and the global timer (slot 12 + k), comparable across SMs
+// layer (4: SPLIT_OUT only; 4, 6 and 7 only in CTAs with an SSM item there), the SM clock (slot k) and the global timer (slot 12 + k), comparable across SMs
 // (``trace`` (GRID, NL, NTRACE) u64, or null: nothing is written). Slots 10 / 11: calibration.
 #define NTRACE 24
 __device__ __forceinline__ u64 globaltimer() {
@@ -271,11 +277,19 @@ __device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16*
     const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
 #if TMA
     // Thread 0 also announces the bytes (the mbarrier's phase cannot complete before that arrival, whichever
-    // comes first).
+    // comes first). Rows of whole chunks lie in shared memory as in global memory: one copy for all of them
+    // (a TMA instruction costs the issuing warp tens of cycles: one a row held the CTA 1.3 us at 1.3B).
     constexpr u32 ROWB = PJ::KWT * 4;
-    if (threadIdx.x == 0) mbar_expect(mbar, (u32)(re - rb) * ROWB);
-    for (int r = threadIdx.x; r < re - rb; r += NT)
-        tma_load(buf + r * PJ::NCH * 32, w + (long long)(rb + r) * (PJ::KWT / 4), ROWB, mbar);
+    if constexpr (PJ::KWT % 128 == 0) {
+        if (threadIdx.x == 0) {
+            mbar_expect(mbar, (u32)(re - rb) * ROWB);
+            tma_load(buf, w + (long long)rb * (PJ::KWT / 4), (u32)(re - rb) * ROWB, mbar);
+        }
+    } else {
+        if (threadIdx.x == 0) mbar_expect(mbar, (u32)(re - rb) * ROWB);
+        for (int r = threadIdx.x; r < re - rb; r += NT)
+            tma_load(buf + r * PJ::NCH * 32, w + (long long)(rb + r) * (PJ::KWT / 4), ROWB, mbar);
+    }
 #else
     const LaneChunk lc = lane_chunk<PJ>();
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -787,7 +801,9 @@ __device__ __forceinline__ void out_split(const uint4* words, const u16* scales,
         sxw[w] = sx;
     }
     const float two_xs = __uint_as_float((u32)(127 + XS) << 23);
-    for (int q = threadIdx.x; q < DM / 4; q += NT) {
+    const int q0 = SPLIT_STAGGER ? (int)((long long)(DM / 4) * blockIdx.x / GRID) : 0;
+    for (int qi = threadIdx.x; qi < DM / 4; qi += NT) {
+        const int q = qi + q0 < DM / 4 ? qi + q0 : qi + q0 - DM / 4;
         u32 wd[4 * WPR];
 #pragma unroll
         for (int i = 0; i < WPR; ++i) {
@@ -940,7 +956,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             else if (!TMA) cp_async_commit();
             if (TMA && has_item) ssm_writeback(L, stile);
         };
-        if (!has_item) issue_a();
+        if (!has_item || SPLIT_ISSUE_EARLY) issue_a();
         for (int item = blockIdx.x; item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
@@ -956,7 +972,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             }
             stamp(trace, l, 6);
             if (first) {
-                issue_a();
+                if (!SPLIT_ISSUE_EARLY) issue_a();
+                stamp(trace, l, 4);
                 words_wait<1>(&mbar[1], parity);
             }
             stamp(trace, l, 7);
