@@ -30,8 +30,9 @@ VARIANTS = {
     "no_scale_loads": ("-DNO_SCALE_LOADS=1",),
     "early_loads": ("-DLATE_LOADS=0",),
     "out_split": ("-DSPLIT_OUT=1",),        # out_proj split by SSM item (built with split_out=True)
+    "out_split_pair": ("-DSPLIT_OUT=1", "-DSPLIT_PAIR=1"),   # ... by pairs of items (pair=True)
 }
-SPLIT = "-DSPLIT_OUT=1"
+SPLIT, PAIR = "-DSPLIT_OUT=1", "-DSPLIT_PAIR=1"
 
 
 def _time(fn, launches: int, reps: int) -> float:
@@ -136,7 +137,7 @@ def main() -> None:
     def build(opts):
         return PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
                                     h=dec.h, pos=dec.pos, eps=cfg.norm_eps, split_out=SPLIT in opts,
-                                    extra_options=tuple(o for o in opts if o != SPLIT))
+                                    pair=PAIR in opts, extra_options=tuple(o for o in opts if o not in (SPLIT, PAIR)))
 
     for name, opts in variants.items():
         step = build(opts)

@@ -70,7 +70,7 @@ class DecodeBenchConfig:
     pdl: str = "default"              # programmatic dependent launch (kernels/pdl.py): default | early | after | off
     state_dtype: str = "fp32"         # SSM state storage of every fast decoder timed: fp32 | fp16 | bf16
     persistent: str = "auto"          # batch 1, every layer in one kernel (cuda/persistent_decode.py): auto | on | off
-    out_split: str = "off"            # the persistent kernel's out_proj split by SSM item: off | on | auto
+    out_split: str = "off"            # the persistent kernel's out_proj split by SSM item: off | on | pair | auto
 
     def __post_init__(self):
         if self.weights not in ("ternary", "dfssm", "fp16"):
@@ -81,8 +81,8 @@ class DecodeBenchConfig:
             raise ValueError(f"pdl={self.pdl!r}: use one of {', '.join(_PDL)}")
         if self.persistent not in _PERSISTENT:
             raise ValueError(f"persistent={self.persistent!r}: use one of {', '.join(_PERSISTENT)}")
-        if self.out_split not in _PERSISTENT:
-            raise ValueError(f"out_split={self.out_split!r}: use one of {', '.join(_PERSISTENT)}")
+        if self.out_split not in _SPLIT:
+            raise ValueError(f"out_split={self.out_split!r}: use one of {', '.join(_SPLIT)}")
         if self.state_dtype not in _STATE:
             raise ValueError(f"state_dtype={self.state_dtype!r}: use one of {', '.join(_STATE)}")
 
@@ -90,6 +90,7 @@ class DecodeBenchConfig:
 _PDL = {"default": None, "early": "early", "after": "after", "off": False}
 _STATE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _PERSISTENT = {"auto": "auto", "on": True, "off": False}
+_SPLIT = {"off": False, "on": True, "pair": "pair", "auto": "auto"}
 
 
 def _time_decoder(dec, prompt, cfg: DecodeBenchConfig) -> dict:
@@ -141,7 +142,8 @@ def _kernels(dec) -> dict:
 
     L = dec.layers[0]
     if dec.persistent is not None:
-        return {"in_proj": "persistent", "out_proj": "persistent", "out_split": dec.persistent.split_out}
+        p = dec.persistent
+        return {"in_proj": "persistent", "out_proj": "persistent", "out_split": "pair" if p.pair else p.split_out}
     return {k: "tensor_core" if isinstance(getattr(L, a), MmaTernaryWeight) else "triton"
             for k, a in (("in_proj", "in_w"), ("out_proj", "out_w"))}
 
@@ -162,7 +164,7 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
     pdl = _PDL[cfg.pdl]                     # None: each kernel kind's default (kernels/pdl.py)
     result["pdl_mode"] = {k: resolve_pdl(pdl, k) for k in DEFAULTS}
     gemv_configs = {"pdl": pdl, "scaffold_bits": cfg.scaffold_bits, "persistent": _PERSISTENT[cfg.persistent],
-                    "out_split": _PERSISTENT[cfg.out_split], **(gemv_configs or {})}
+                    "out_split": _SPLIT[cfg.out_split], **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
 
     def timed(state_dtype=_STATE[cfg.state_dtype], kernels: bool = True, **configs) -> dict:
@@ -196,10 +198,10 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
         rows[main_key] = timed(mma=mma)
         used = rows[main_key]["kernels"].values()
         if "persistent" in used:
-            # The persistent kernel with out_proj split the other way (by SSM item, or by rows).
+            # The persistent kernel with out_proj split the other way (by rows, or by SSM items where it can).
             split = rows[main_key]["kernels"]["out_split"]
-            rows[main_key.replace("_fast", f"_out_split_{'off' if split else 'on'}_fast")] = \
-                timed(mma=mma, out_split=not split)
+            rows[main_key.replace("_fast", f"_out_split_{'off' if split else 'auto'}_fast")] = \
+                timed(mma=mma, out_split=False if split else "auto")
             # The same model on the per-layer kernels (three launches a layer), for the persistent kernel's gain.
             rows[main_key.replace("_fast", "_per_layer_fast")] = timed(mma=mma, persistent=False)
             used = rows[main_key.replace("_fast", "_per_layer_fast")]["kernels"].values()

@@ -134,7 +134,8 @@ class FastDecoder:
     persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run and is faster
     (``persistent_decode.auto_declines``), True (error where it cannot run) or False), "out_split" (the persistent
     kernel's out_proj split by SSM item, fp32 atomics, one grid barrier a layer fewer, not bitwise reproducible:
-    False (default), True or "auto" (where ``persistent_decode.split_error`` allows)).
+    False (default), True, "pair" (by pairs of items, clusters of two CTAs: half the atomics; sm_90) or "auto"
+    (pair, else by item, where ``persistent_decode.split_error`` allows)).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -161,8 +162,8 @@ class FastDecoder:
         if persistent not in (False, True, "auto"):
             raise ValueError(f"gemv_configs['persistent']={persistent!r}: use False, True or 'auto'")
         out_split = self.gemv_configs.pop("out_split", False)
-        if out_split not in (False, True, "auto"):
-            raise ValueError(f"gemv_configs['out_split']={out_split!r}: use False, True or 'auto'")
+        if out_split not in (False, True, "pair", "auto"):
+            raise ValueError(f"gemv_configs['out_split']={out_split!r}: use False, True, 'pair' or 'auto'")
         mma = self.gemv_configs.pop("mma", "auto")
         # None: each kernel kind's default (kernels/pdl.py); a mode given is checked here, used on CUDA only.
         pdl = self.gemv_configs.pop("pdl", None)
@@ -224,11 +225,15 @@ class FastDecoder:
                 err = auto_declines(cfg, cfg.d_in_proj, _sm_count(dev))
             if err is None:
                 if out_split == "auto":
-                    out_split = split_error(cfg, self.layers[0].out_w, _sm_count(dev)) is None
+                    cap, sms, w = torch.cuda.get_device_capability(dev), _sm_count(dev), self.layers[0].out_w
+                    out_split = "pair" if split_error(cfg, w, sms, True, cap) is None else \
+                        split_error(cfg, w, sms) is None
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
                                                            residual=self.residual, zx=self.zx, h=self.h,
-                                                           pos=self.pos, eps=cfg.norm_eps, split_out=out_split)
+                                                           pos=self.pos, eps=cfg.norm_eps,
+                                                           split_out=out_split is not False,
+                                                           pair=out_split == "pair")
                 except RuntimeError as e:       # compiling, or the CTAs cannot all be resident on this GPU
                     if persistent is True:
                         raise

@@ -137,6 +137,17 @@ class Kernel:
             ctypes.byref(n), self.func, ctypes.c_int(threads), ctypes.c_size_t(smem)), f"occupancy of {self.name}")
         return n.value
 
+    def max_active_clusters(self, grid: int, threads: int, smem: int = 0) -> int:
+        """How many of the kernel's clusters (its compile-time ``__cluster_dims__``) fit on the GPU at once
+        (``cuOccupancyMaxActiveClusters``), for a 1-D launch of ``grid`` CTAs."""
+        self._allow_smem(smem)
+        cfg = _LaunchConfig(grid, 1, 1, threads, 1, 1, smem, ctypes.c_void_p(torch.cuda.current_stream().cuda_stream),
+                            None, 0)
+        n = ctypes.c_int()
+        _check_cu(_load_cuda().cuOccupancyMaxActiveClusters(ctypes.byref(n), self.func, ctypes.byref(cfg)),
+                  f"cluster occupancy of {self.name}")
+        return n.value
+
     def launch(self, grid: tuple[int, int, int], block: tuple[int, int, int], args: list, *,
                pdl: bool = False, smem: int = 0, cooperative: bool = False) -> None:
         """``args``: ctypes values in the kernel's parameter order (``ctypes.c_void_p(t.data_ptr())`` for a tensor).

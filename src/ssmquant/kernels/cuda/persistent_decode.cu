@@ -53,6 +53,26 @@ typedef unsigned long long u64;
 #ifndef SPLIT_ISSUE_EARLY
 #define SPLIT_ISSUE_EARLY 0   // the next in_proj's copies issued before the SSM step (else after it)
 #endif
+#ifndef SPLIT_STORE_LATE
+#define SPLIT_STORE_LATE 0    // the state's write-back issued after out_proj's products (else with those copies)
+#endif
+// SPLIT_PAIR=1 (with SPLIT_OUT, sm_90, one item per CTA): the CTAs of items 2k and 2k + 1 form a cluster of two,
+// exchange their h through distributed shared memory, and each multiplies the pair's 2 CH columns for half the
+// rows: half the atomics (whose draining bounded the split step: 2.1 us a layer at 1.3B), the same words.
+#ifndef SPLIT_PAIR
+#define SPLIT_PAIR 0
+#endif
+#if SPLIT_OUT
+constexpr int PAIR = SPLIT_PAIR ? 2 : 1;
+constexpr int SCOLS = PAIR * CH, SROWS = DM / PAIR;  // a CTA's block of out_proj: columns (the pair's), rows
+constexpr int WPR = SCOLS / 16;                      // words per row of a block
+constexpr int SG = SCOLS >= GOUT ? SCOLS / GOUT : 1; // scale rows of a block
+constexpr int SPLIT_WORDS_B = SROWS * WPR * 4, SPLIT_SCALES_B = SG * SROWS * 2;
+static_assert(SCOLS % 16 == 0 && SROWS % 8 == 0 && (SCOLS % GOUT == 0 || GOUT % SCOLS == 0), "SPLIT_OUT shape");
+static_assert(!SPLIT_PAIR || (GRID % 2 == 0 && NH * (P / CH) <= GRID), "SPLIT_PAIR: pairs of CTAs, an item each");
+#else
+constexpr int PAIR = 1, SCOLS = 1, SPLIT_WORDS_B = 0, SPLIT_SCALES_B = 0;
+#endif
 #if __CUDA_ARCH__ >= 900
 #define TMA 1
 #else
@@ -139,8 +159,9 @@ __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __e
 
 
 // Time stamps for benchmarks/persistent_phases.py --trace: thread 0 of each CTA writes, at points 0-9 of every
-// layer (4: SPLIT_OUT only; 4, 6 and 7 only in CTAs with an SSM item there), the SM clock (slot k) and the global timer (slot 12 + k), comparable across SMs
-// (``trace`` (GRID, NL, NTRACE) u64, or null: nothing is written). Slots 10 / 11: calibration.
+// layer (4: SPLIT_OUT only; 4, 6 and 7 only in CTAs with an SSM item there), the SM clock (slot k) and the global
+// timer (slot 12 + k), comparable across SMs (``trace`` (GRID, NL, NTRACE) u64, or null: nothing is written).
+// Slots 10 / 11: calibration.
 #define NTRACE 24
 __device__ __forceinline__ u64 globaltimer() {
     u64 t;
@@ -211,6 +232,28 @@ __device__ __forceinline__ void mbar_wait(u64* m, u32 parity) {
         asm volatile("{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n"
                      " selp.u32 %0, 1, 0, p;\n}" : "=r"(done) : "r"(smem_u32(m)), "r"(parity) : "memory");
     } while (!done);
+}
+
+// ---------------------------------------------------------------- clusters of two CTAs (SPLIT_PAIR)
+// *p in the other CTA of the cluster (the same shared-memory offset) = v, by an asynchronous store that completes 4
+// bytes of a transaction on the other CTA's mbarrier ``m`` (the same offset too): the receiver waits on its own
+// mbarrier, and the sender needs no release (a cluster barrier's release waited for the CTA's memory operations in
+// flight, atomics included: 2.5 us a layer at 1.3B).
+__device__ __forceinline__ void st_partner(float* p, float v, u64* m) {
+#if __CUDA_ARCH__ >= 900
+    const u32 other = blockIdx.x % 2 ^ 1;
+    u32 remote, rbar;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(p)), "r"(other));
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rbar) : "r"(smem_u32(m)), "r"(other));
+    asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.f32 [%0], %1, [%2];" :: "r"(remote), "f"(v),
+                 "r"(rbar) : "memory");
+#endif
+}
+// Every thread of both CTAs: what each wrote before (its own or the other's shared memory) is seen after.
+__device__ __forceinline__ void cluster_sync() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
 }
 
 // ---------------------------------------------------------------- projections
@@ -638,7 +681,8 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
 }
 
 __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const u16* zx,
-                                           float* hbuf, float* hsm, float* sm, bool tma, const void* stile, u64* mbar,
+                                           float* hbuf, float* hsm, u64* hbar, float* sm, bool tma,
+                                           const void* stile, u64* mbar,
                                            u32 parity) {
     float* sm_x = sm;                 // CH
     float* sm_z = sm + CH;            // CH
@@ -648,25 +692,33 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     const int hd = item / (P / CH), pb = item % (P / CH);
     const int slot = T % DCONV;
     float ssm_y = 0.f;
+    // Every load of in_proj's outputs first, then the arithmetic on them: one L2 round trip, not one per branch
+    // (the loads are volatile and each branch waited for its own: 3 round trips).
+    const int ch = item_channel(item, t < CH ? t : 0);
+    u16 raw_x = 0, raw_z = 0, raw_dt = 0, raw_bc[BCPER];
     if (t < CH) {
-        const int ch = item_channel(item, t);
-        const u16 raw = ld_h(zx + E + ch);
-        L.ring[ch * DCONV + slot] = raw;
-        sm_x[t] = rnd(conv_out(pre.xr, pre.xw, pre.xb, act2f(raw)));
-        sm_z[t] = act2f(ld_h(zx + ch));
+        raw_x = ld_h(zx + E + ch);
+        raw_z = ld_h(zx + ch);
+    }
+#pragma unroll
+    for (int i = 0; i < BCPER; ++i) raw_bc[i] = t + i * NT < 2 * NS ? ld_h(zx + E + bc_channel(item, t + i * NT)) : 0;
+    if (t == 0) raw_dt = ld_h(zx + 2 * E + 2 * NG * NS + hd);
+    if (t < CH) {
+        L.ring[ch * DCONV + slot] = raw_x;
+        sm_x[t] = rnd(conv_out(pre.xr, pre.xw, pre.xb, act2f(raw_x)));
+        sm_z[t] = act2f(raw_z);
     }
 #pragma unroll
     for (int i = 0; i < BCPER; ++i) {
         const int tb = t + i * NT;
         if (tb < 2 * NS) {
-            const int ch = bc_channel(item, tb);
-            const u16 raw = ld_h(zx + E + ch);
-            if (hd % (NH / NG) == 0 && pb == 0) L.ring[ch * DCONV + slot] = raw;   // the group's first item
-            sm_bc[tb] = rnd(conv_out(pre.bcr[i], pre.bcw[i], pre.bcb[i], act2f(raw)));
+            if (hd % (NH / NG) == 0 && pb == 0)      // the group's first item
+                L.ring[bc_channel(item, tb) * DCONV + slot] = raw_bc[i];
+            sm_bc[tb] = rnd(conv_out(pre.bcr[i], pre.bcw[i], pre.bcb[i], act2f(raw_bc[i])));
         }
     }
     if (t == 0) {
-        float dt = act2f(ld_h(zx + 2 * E + 2 * NG * NS + hd)) + pre.dtb;
+        float dt = act2f(raw_dt) + pre.dtb;
         sm_dt[0] = dt > 20.f ? dt : logf(1.f + expf(dt));    // softplus, torch's threshold
     }
 #if TMA
@@ -706,8 +758,10 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
         const float yv = rnd(ssm_y) + sm_x[cl] * pre.D;
         const float hv = yv * silu(sm_z[cl]);
         if (SPLIT_OUT) {              // the item's h for out_split: times the norm weight, and squared
-            hsm[cl] = hv * pre.gw;
-            hsm[CH + cl] = hv * hv;
+            const int at = (PAIR == 2 ? (int)(blockIdx.x % 2) * CH : 0) + cl;
+            hsm[at] = hv * pre.gw;
+            hsm[SCOLS + cl] = hv * hv;
+            if (PAIR == 2) st_partner(&hsm[at], hv * pre.gw, hbar);
         } else {
             hbuf[item_channel(item, cl)] = hv;
         }
@@ -737,15 +791,6 @@ __device__ __forceinline__ void ssm_writeback(const LayerP& L, const void* stile
 // words, row-major, field j of word w = column 16 w + j (stored code + 1), the items one after another; the scales
 // transposed, (E / GOUT, DM) fp16, so an item's scales are SG whole rows. Both reach shared memory by one TMA copy
 // each during in_proj (the CTA's first item; later items are read from global memory).
-#if SPLIT_OUT
-constexpr int WPR = CH / 16;                          // words per row of an item
-constexpr int SG = CH >= GOUT ? CH / GOUT : 1;        // scale rows of an item
-constexpr int SPLIT_WORDS_B = DM * WPR * 4, SPLIT_SCALES_B = SG * DM * 2;
-static_assert(CH % 16 == 0 && DM % 8 == 0 && (CH % GOUT == 0 || GOUT % CH == 0), "SPLIT_OUT item shape");
-#else
-constexpr int SPLIT_WORDS_B = 0, SPLIT_SCALES_B = 0;
-#endif
-
 // sums[0..3] += v (fp32 atomics: one 16-byte reduction on sm_90).
 __device__ __forceinline__ void red_add4(float* p, float a, float b, float c, float d) {
 #if __CUDA_ARCH__ >= 900
@@ -757,11 +802,13 @@ __device__ __forceinline__ void red_add4(float* p, float a, float b, float c, fl
 }
 
 #if SPLIT_OUT
+// The item's block (the pair's, under SPLIT_PAIR) and its rows: item / PAIR, rows from (item % PAIR) * SROWS.
 __device__ __forceinline__ const uint4* split_words(const LayerP& L, int item) {
-    return L.out_ws + (long long)item * DM * WPR / 4;
+    return L.out_ws + ((long long)(item / PAIR) * DM + (item % PAIR) * SROWS) * WPR / 4;
 }
+// Scale row g of the block (its first, + g DM), from the CTA's first row.
 __device__ __forceinline__ const u16* split_scales(const LayerP& L, int item) {
-    return L.out_st + (long long)(item * CH / GOUT) * DM;
+    return L.out_st + (long long)((item / PAIR) * SCOLS / GOUT) * DM + (item % PAIR) * SROWS;
 }
 
 // The CTA's first item's words and scales into shared memory (one completion on ``mbar``), issued during in_proj.
@@ -770,24 +817,28 @@ __device__ __forceinline__ void prefetch_split(const LayerP& L, int item, uint4*
     if (threadIdx.x == 0) {
         mbar_expect(mbar, SPLIT_WORDS_B + SPLIT_SCALES_B);
         tma_load(wbuf, split_words(L, item), SPLIT_WORDS_B, mbar);
-        tma_load(sbuf, split_scales(L, item), SPLIT_SCALES_B, mbar);
+        for (int g = 0; g < SG; ++g) tma_load(sbuf + g * SROWS, split_scales(L, item) + g * DM, SROWS * 2, mbar);
     }
 #else
     const uint4* w = split_words(L, item);
-    const uint4* sc = reinterpret_cast<const uint4*>(split_scales(L, item));
     for (int i = threadIdx.x; i < SPLIT_WORDS_B / 16; i += NT) cp_async16(wbuf + i, w + i, true);
-    for (int i = threadIdx.x; i < SPLIT_SCALES_B / 16; i += NT)
-        cp_async16(reinterpret_cast<uint4*>(sbuf) + i, sc + i, true);
+    for (int g = 0; g < SG; ++g) {
+        const uint4* sc = reinterpret_cast<const uint4*>(split_scales(L, item) + g * DM);
+        for (int i = threadIdx.x; i < SROWS * 2 / 16; i += NT)
+            cp_async16(reinterpret_cast<uint4*>(sbuf + g * SROWS) + i, sc + i, true);
+    }
     cp_async_commit();
 #endif
 }
 
-// sums[row] += sum over the item's CH columns c of W[row, c] hg[c] for every row (``hg``: h times the gated norm's
-// weight, shared memory). Thread t takes row quads t, t + NT, ...: 4 rows' words are 4 WPR consecutive words, their
-// scales 4 consecutive fp16, and their sums one 16-byte reduction. Decode as row_dot (denormal fields, the "+ 1"
-// removed per word with the sum of its 16 inputs, the scale applied per word).
+// sums[row] += sum over the block's SCOLS columns c of W[row, c] hg[c] for the CTA's SROWS rows (``hg``: h times
+// the gated norm's weight, shared memory; ``sums``, ``words``, ``scales`` from the CTA's first row). Thread t takes
+// row quads t, t + NT, ... (from a row of the CTA's own, so that the CTAs' atomics spread over the rows): 4 rows'
+// words are 4 WPR consecutive words, their scales 4 consecutive fp16, and their sums one 16-byte reduction.
+// Decode as row_dot (denormal fields, the "+ 1" removed per word with the sum of its 16 inputs, the scale applied
+// per word).
 __device__ __forceinline__ void out_split(const uint4* words, const u16* scales, const float* hg, float* sums) {
-    float xr[CH], sxw[WPR];
+    float xr[SCOLS], sxw[WPR];
 #pragma unroll
     for (int w = 0; w < WPR; ++w) {
         float sx = 0.f;
@@ -801,9 +852,10 @@ __device__ __forceinline__ void out_split(const uint4* words, const u16* scales,
         sxw[w] = sx;
     }
     const float two_xs = __uint_as_float((u32)(127 + XS) << 23);
-    const int q0 = SPLIT_STAGGER ? (int)((long long)(DM / 4) * blockIdx.x / GRID) : 0;
-    for (int qi = threadIdx.x; qi < DM / 4; qi += NT) {
-        const int q = qi + q0 < DM / 4 ? qi + q0 : qi + q0 - DM / 4;
+    constexpr int NQ = SROWS / 4;
+    const int q0 = SPLIT_STAGGER ? (int)((long long)NQ * blockIdx.x / GRID) : 0;
+    for (int qi = threadIdx.x; qi < NQ; qi += NT) {
+        const int q = qi + q0 < NQ ? qi + q0 : qi + q0 - NQ;
         u32 wd[4 * WPR];
 #pragma unroll
         for (int i = 0; i < WPR; ++i) {
@@ -823,7 +875,7 @@ __device__ __forceinline__ void out_split(const uint4* words, const u16* scales,
                     const u32 f = j < 11 ? (word & (3u << (2 * j))) : (hi & (3u << (2 * (j - 10))));
                     acc = ffma(__uint_as_float(f), xr[16 * w + j], acc);
                 }
-                const float sc = h2f(scales[(SG == 1 ? 0 : (16 * w) / GOUT) * DM + 4 * q + r]);
+                const float sc = h2f(scales[(SG == 1 ? 0 : (16 * w) / GOUT) * SROWS + 4 * q + r]);
                 acc_row += (acc * two_xs - sxw[w]) * sc;
             }
             o[r] = acc_row;
@@ -867,6 +919,9 @@ static_assert(CH * TPC <= NT, "SSM item larger than the CTA");
 static_assert(P % CH == 0 && NS % TPC == 0 && SPT % 8 == 0 && 32 % TPC == 0, "SSM item shape");
 
 extern "C" __global__ void __launch_bounds__(NT, 1)
+#if SPLIT_PAIR
+__cluster_dims__(2, 1, 1)
+#endif
 persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, float* hbuf,
                   const int* __restrict__ pos, u32* bar, float* sums, float eps, u64* trace) {
     // Cycle -> time calibration for the trace: (clock, globaltimer) at the start and at the end.
@@ -878,7 +933,9 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     __shared__ float red[NW * NG];
     __shared__ float part[PMAX];
     __shared__ float sm[2 * CH + 2 * NS + 1];
-    __shared__ float hsm[SPLIT_OUT ? 2 * CH : 1];    // SPLIT_OUT: the item's h times the norm weight, h squared
+    // SPLIT_OUT: the block's h times the norm weight (SCOLS: under SPLIT_PAIR the other CTA writes its half), then
+    // the item's h squared (CH).
+    __shared__ float hsm[SPLIT_OUT ? SCOLS + CH : 1];
     const int T = pos[0];
     u32 nbar = 0;
     // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
@@ -886,14 +943,16 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     uint4* wa = wbuf;
     uint4* wc = wbuf + PA::MAXR * NW * 32;
     void* stile = reinterpret_cast<char*>(wc) + WC_BYTES;
-    __shared__ __align__(8) u64 mbar[3];            // completion of: in_proj words, out_proj words, state tile
+    // Completion of: in_proj words, out_proj words, state tile; SPLIT_PAIR: the other CTA's half of hsm.
+    __shared__ __align__(8) u64 mbar[4];
 #if TMA
     if (threadIdx.x == 0) {
-        for (int i = 0; i < 3; ++i) mbar_init(&mbar[i]);
+        for (int i = 0; i < 4; ++i) mbar_init(&mbar[i]);
         asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
     }
 #endif
     __syncthreads();
+    if (PAIR == 2) cluster_sync();                   // both CTAs' mbarriers are initialised before any st_partner
     u16 sa[PA::MAXR];
     SsmPre pre;
     NormW<PA> na;
@@ -949,36 +1008,41 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
                 reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
             if (cta == 0 && threadIdx.x < NG) sums[2 * NG * DM + (parity ^ 1) * NG + threadIdx.x] = 0.f;
         }
-        // The next in_proj's words (A's buffer is free), and the state write-back: once the first item's state is
-        // in its tile (or now, without an item).
+        // The next in_proj's words (A's buffer is free): after the first item's SSM step (or now, without an item).
         auto issue_a = [&] {
             if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
-            if (TMA && has_item) ssm_writeback(L, stile);
         };
         if (!has_item || SPLIT_ISSUE_EARLY) issue_a();
         for (int item = blockIdx.x; item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx, hbuf, hsm, sm, TMA && first, stile, &mbar[2], parity);
+            ssm_finish(L, item, T, pre, zx, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
             if (!(TMA && first)) ssm_store(L, item, pre);
             const int grp = item / (P / CH) / (NH / NG);
             if (threadIdx.x < 32) {                   // the item's share of its group's sum of squares
                 float q = 0.f;
-                for (int c = threadIdx.x; c < CH; c += 32) q += hsm[CH + c];
+                for (int c = threadIdx.x; c < CH; c += 32) q += hsm[SCOLS + c];
 #pragma unroll
                 for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
                 if (threadIdx.x == 0) atomicAdd(ss_l + grp, q);
             }
             stamp(trace, l, 6);
             if (first) {
+                if (TMA && !SPLIT_STORE_LATE) ssm_writeback(L, stile);   // the new state, left in its tile
                 if (!SPLIT_ISSUE_EARLY) issue_a();
                 stamp(trace, l, 4);
                 words_wait<1>(&mbar[1], parity);
             }
             stamp(trace, l, 7);
-            out_split(first ? wc : split_words(L, item), first ? wcs : split_scales(L, item), hsm, sums_l + grp * DM);
+            if (PAIR == 2) {                          // the other CTA's half of hsm has landed
+                if (threadIdx.x == 0) mbar_expect(&mbar[3], CH * 4);
+                mbar_wait(&mbar[3], parity);
+            }
+            out_split(first ? wc : split_words(L, item), first ? wcs : split_scales(L, item), hsm,
+                      sums_l + grp * DM + (item % PAIR) * SROWS);
             __syncthreads();                          // hsm is reused by the next item
+            if (TMA && first && SPLIT_STORE_LATE) ssm_writeback(L, stile);
         }
         stamp(trace, l, 8);
         arrive(bar);
@@ -1044,7 +1108,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         for (int item = blockIdx.x; (PHASES & 2) && item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx, hbuf, hsm, sm, TMA && first, stile, &mbar[2], parity);
+            ssm_finish(L, item, T, pre, zx, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
             // The first item's state is written back during out_proj (TMA store on sm_90, else from registers if
             // it is the last one); any other item's now.
             if (TMA ? !first : item != last_item) ssm_store(L, item, pre);

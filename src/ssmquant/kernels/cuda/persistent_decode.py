@@ -74,30 +74,40 @@ def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
 
 
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
-                 out_group: int = 64) -> int:
+                 out_group: int = 64, pair: bool = False) -> int:
     """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA (with ``split_out``,
-    in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs) and one SSM
-    item's state tile (``state_bytes`` per element)."""
+    in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs; with ``pair``
+    the columns of two items for half the rows) and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
     ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, grid)
     in_b = rows_per_warp(d_in_proj, cfg.d_model, nw, grid) * nw * 32 * 16
     if split_out:
-        out_b = cfg.d_model * (ch // 16) * 4 + max(1, ch // out_group) * cfg.d_model * 2
+        cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
+        out_b = rows * (cols // 16) * 4 + max(1, cols // out_group) * rows * 2
     else:
         out_b = rows_per_warp(cfg.d_model, cfg.d_inner, nw, grid) * nw * 32 * 16
     return in_b + out_b + ch * cfg.d_state * state_bytes
 
 
-def split_error(cfg, out_w: GemvTernaryWeight, grid: int) -> str | None:
-    """Why out_proj cannot be split by SSM item (``split_out``), or None."""
+def split_error(cfg, out_w: GemvTernaryWeight, grid: int, pair: bool = False,
+                capability: tuple[int, int] = (9, 0)) -> str | None:
+    """Why out_proj cannot be split by SSM item (``split_out``; with ``pair``, by pairs of items in clusters of two
+    CTAs, which needs ``capability`` >= 9.0), or None."""
     ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), grid)
     g = out_w.group_size
     if ch % 16:
         return f"SSM items of {ch} channels (a multiple of 16 needed)"
-    if cfg.d_model % 8:
-        return f"d_model={cfg.d_model} (a multiple of 8 needed)"
-    if ch % g and g % ch:
-        return f"SSM items of {ch} channels and out_proj groups of {g} inputs (one must divide the other)"
+    cols = ch * (1 + pair)
+    if cfg.d_model % (8 * (1 + pair)):
+        return f"d_model={cfg.d_model} (a multiple of {8 * (1 + pair)} needed)"
+    if cols % g and g % cols:
+        return f"out_proj blocks of {cols} columns and groups of {g} inputs (one must divide the other)"
+    if pair:
+        items = cfg.nheads * (cfg.headdim // ch)
+        if capability < (9, 0):
+            return "clusters of CTAs need compute capability >= 9.0"
+        if items > grid or grid % 2 or (cfg.d_inner // cfg.ngroups) % cols:
+            return f"{items} SSM items on {grid} CTAs (pairs need an item per CTA, an even grid, whole norm groups)"
     return None
 
 
@@ -212,7 +222,7 @@ class PersistentDecodeStep:
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")
 
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
-                 extra_options: tuple[str, ...] = ()):
+                 pair: bool = False, extra_options: tuple[str, ...] = ()):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -220,20 +230,21 @@ class PersistentDecodeStep:
         nw = warps_per_cta(cfg.d_model, cfg.d_inner)
         ch, tpc = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, self.grid)
         win, wout = layers[0].in_w, layers[0].out_w
-        self.split_out = split_out
-        if split_out and (err := split_error(cfg, wout, self.grid)) is not None:
+        self.split_out, self.pair = split_out, split_out and pair
+        cap = torch.cuda.get_device_capability(dev)
+        if split_out and (err := split_error(cfg, wout, self.grid, self.pair, cap)) is not None:
             raise ValueError(f"persistent step, split out_proj: {err}")
         # split_out: out_proj again in the split layout (the per-layer kernels keep the GEMV layout).
-        self.split = [split_layout(L.out_w, ch) if split_out else (L.out_w.words, L.out_w.scale) for L in layers]
+        self.split = [split_layout(L.out_w, ch * (1 + self.pair)) if split_out else (L.out_w.words, L.out_w.scale)
+                      for L in layers]
         state_t = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}[states[0].dtype]
         self.options = [
             f"-DNL={len(layers)}", f"-DDM={cfg.d_model}", f"-DE={cfg.d_inner}", f"-DNH={cfg.nheads}",
             f"-DP={cfg.headdim}", f"-DNS={cfg.d_state}", f"-DNG={cfg.ngroups}", f"-DDCONV={cfg.d_conv}",
             f"-DDIP={win.shape[0]}", f"-DGIN={win.group_size}", f"-DKBIN={win.block}", f"-DGOUT={wout.group_size}",
             f"-DKBOUT={wout.block}", f"-DNW={nw}", f"-DGRID={self.grid}", f"-DCH={ch}", f"-DTPC={tpc}",
-            f"-DSTATE_T={state_t}",
-            f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}", f"-DSPLIT_OUT={int(split_out)}",
-            *extra_options]
+            f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
+            f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
@@ -253,7 +264,7 @@ class PersistentDecodeStep:
         self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
         self.kernel = get_kernel(_source(), "persistent_decode", self.options)
         self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size(), split_out,
-                                 wout.group_size)
+                                 wout.group_size, self.pair)
         if self.kernel.static_smem > STATIC_SMEM_MAX:
             raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
         # One CTA per SM must fit (registers, shared memory), or the grid barriers could never complete; the
@@ -261,6 +272,8 @@ class PersistentDecodeStep:
         if self.kernel.blocks_per_sm(self.threads, self.smem) < 1:
             raise RuntimeError(f"persistent step: a CTA of {self.threads} threads and {self.smem} bytes of shared "
                                "memory does not fit on an SM")
+        if self.pair and (n := self.kernel.max_active_clusters(self.grid, self.threads, self.smem)) < self.grid // 2:
+            raise RuntimeError(f"persistent step: only {n} clusters of two CTAs fit at once, {self.grid // 2} needed")
 
     def __call__(self, trace: torch.Tensor | None = None) -> None:
         """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps
