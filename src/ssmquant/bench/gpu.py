@@ -70,7 +70,7 @@ class DecodeBenchConfig:
     pdl: str = "default"              # programmatic dependent launch (kernels/pdl.py): default | early | after | off
     state_dtype: str = "fp32"         # SSM state storage of every fast decoder timed: fp32 | fp16 | bf16
     persistent: str = "auto"          # batch 1, every layer in one kernel (cuda/persistent_decode.py): auto | on | off
-    out_split: str = "off"            # the persistent kernel's out_proj split by SSM item: off | on | pair | auto
+    out_split: str = "auto"           # the persistent kernel's out_proj split by SSM item: auto | on | pair | off
 
     def __post_init__(self):
         if self.weights not in ("ternary", "dfssm", "fp16"):

@@ -50,11 +50,11 @@ def register(sub) -> None:
                         "persistent_decode.py): auto (default: where it can run and measured faster; not 2.7B), "
                         "on (error where it cannot run) or off (three kernels a layer). With it the run also "
                         "times the per-layer kernels")
-    d.add_argument("--out-split", choices=["off", "on", "pair", "auto"], default="off",
+    d.add_argument("--out-split", choices=["auto", "on", "pair", "off"], default="auto",
                    help="the persistent kernel's out_proj split by SSM item (fp32 atomics, one grid barrier a layer "
-                        "fewer, logits not bitwise reproducible): off (default), on, pair (by pairs of items in "
-                        "clusters of two CTAs, sm_90) or auto (pair, else on, where the shapes allow). With the "
-                        "persistent kernel the run also times it by rows (or auto, when off)")
+                        "fewer, logits not bitwise reproducible): auto (default: pair, else on, where the shapes "
+                        "allow), on, pair (by pairs of items in clusters of two CTAs, sm_90) or off (by rows). With "
+                        "the persistent kernel the run also times it by rows (or auto, when off)")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")

@@ -49,8 +49,8 @@ import triton.language as tl
 from .cuda.persistent_decode import (
     PersistentDecodeStep,
     auto_declines,
+    auto_split,
     persistent_error,
-    split_error,
 )
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
 from .layout import GemvLowRankWeight, GemvTernaryWeight
@@ -133,9 +133,11 @@ class FastDecoder:
     here; 1 = one bit per weight, half the bytes) and "persistent" (batch 1: every layer of the step in one
     persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run and is faster
     (``persistent_decode.auto_declines``), True (error where it cannot run) or False), "out_split" (the persistent
-    kernel's out_proj split by SSM item, fp32 atomics, one grid barrier a layer fewer, not bitwise reproducible:
-    False (default), True, "pair" (by pairs of items, clusters of two CTAs: half the atomics; sm_90) or "auto"
-    (pair, else by item, where ``persistent_decode.split_error`` allows)).
+    kernel's out_proj split by SSM item, fp32 atomics, one grid barrier a layer fewer: "auto" (default: by pairs
+    of items where they can run, else by item where a CTA has one, else by rows: ``persistent_decode.auto_split``),
+    True (by item), "pair" (by pairs of items, clusters of two CTAs: half the atomics; sm_90) or False (by rows).
+    Split, the order of the atomics' sums varies from run to run, so logits are not bitwise reproducible (they stay
+    within the per-layer kernels' tolerance of the model); False gives bitwise-reproducible decoding).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -161,7 +163,7 @@ class FastDecoder:
         persistent = self.gemv_configs.pop("persistent", "auto")
         if persistent not in (False, True, "auto"):
             raise ValueError(f"gemv_configs['persistent']={persistent!r}: use False, True or 'auto'")
-        out_split = self.gemv_configs.pop("out_split", False)
+        out_split = self.gemv_configs.pop("out_split", "auto")
         if out_split not in (False, True, "pair", "auto"):
             raise ValueError(f"gemv_configs['out_split']={out_split!r}: use False, True, 'pair' or 'auto'")
         mma = self.gemv_configs.pop("mma", "auto")
@@ -225,9 +227,8 @@ class FastDecoder:
                 err = auto_declines(cfg, cfg.d_in_proj, _sm_count(dev))
             if err is None:
                 if out_split == "auto":
-                    cap, sms, w = torch.cuda.get_device_capability(dev), _sm_count(dev), self.layers[0].out_w
-                    out_split = "pair" if split_error(cfg, w, sms, True, cap) is None else \
-                        split_error(cfg, w, sms) is None
+                    cap = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else (0, 0)
+                    out_split = auto_split(cfg, self.layers[0].out_w, _sm_count(dev), cap)
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
                                                            residual=self.residual, zx=self.zx, h=self.h,
