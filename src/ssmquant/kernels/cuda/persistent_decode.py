@@ -24,12 +24,25 @@ inputs of a chunk in registers for all its rows. The norms are computed by every
 vector it stages in shared memory, and the normed input is rounded to the model dtype (as the PyTorch model rounds
 its norm's output before the linear). Phase B is ``ssm_step.py`` (same roundings; softplus threshold 20).
 
+Split out_proj (``split_out``, ``FastDecoder``'s default where :func:`auto_split` allows). C runs in the CTA that
+has just computed an SSM item's h, over the item's columns of out_proj (:func:`split_layout`) for every output row,
+adding the partial sums into a global (2, ngroups, d_model) fp32 buffer by atomics; the gated norm's 1 / rms (a
+scalar per group, from sums of squares added the same way) is applied by every CTA when it stages the next in_proj,
+and every CTA keeps the whole residual in registers. That removes the barrier before C: two a layer. With ``pair``
+(sm_90, one item per CTA) the CTAs of items 2k and 2k + 1 run as a cluster of two, send each other their h through
+distributed shared memory (``st.async`` completing on the receiver's mbarrier) and each computes half the rows of
+the pair's columns: half the atomics, whose draining before the barrier bounded the step. The atomics' order varies,
+so the logits are not bitwise reproducible, and the gated norm's output is not rounded to the model dtype before
+the product (the sums are scaled after it).
+
 Memory ordering. Outputs of a phase are read by other SMs after a barrier: writes, ``bar.sync``, then thread 0's
 release increment of a global counter (cumulative over what ``bar.sync`` made it observe); readers spin with
 acquire loads, then ``bar.sync``; data written during the kernel is read at L2 (``ld.global.cg``), never through
 L1 or the read-only path. The state write-back by TMA store is not ordered by the release, and needs not be:
 nothing reads it before the next launch. The counter
-(one int32) is zeroed by a memset before each launch, so the kernel is captured in a CUDA graph like the rest.
+(one int32) and the split's buffer are zeroed by one memset before each launch, so the kernel is captured in a CUDA
+graph like the rest; the split's buffer of layer l is zeroed again inside the kernel after the barrier that follows
+its last reads, for layer l + 2.
 
 Limits (:func:`persistent_error` says which one a model hits): batch 1; every in_proj / out_proj a 2-bit ternary
 ``GemvTernaryWeight`` with pack blocks of >= 64 inputs; fp16 or bf16 activations; a CUDA device of compute
