@@ -50,8 +50,8 @@ typedef unsigned long long u64;
 #ifndef SPLIT_STAGGER
 #define SPLIT_STAGGER 1   // each CTA starts its atomics at its own row (else all start at row 0 at once)
 #endif
-#ifndef SPLIT_ISSUE_EARLY
-#define SPLIT_ISSUE_EARLY 0   // the next in_proj's copies issued before the SSM step (else after it)
+#ifndef SPLIT_ISSUE_AT
+#define SPLIT_ISSUE_AT 0      // the next in_proj's copies issued: 0 before the SSM step, 1 after it, 2 after the arrival
 #endif
 #ifndef SPLIT_STORE_LATE
 #define SPLIT_STORE_LATE 0    // the state's write-back issued after out_proj's products (else with those copies)
@@ -1008,12 +1008,14 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
                 reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
             if (cta == 0 && threadIdx.x < NG) sums[2 * NG * DM + (parity ^ 1) * NG + threadIdx.x] = 0.f;
         }
-        // The next in_proj's words (A's buffer is free): after the first item's SSM step (or now, without an item).
+        // The next in_proj's words (A's buffer is free), by default now, before the SSM step: issued after it they
+        // were still landing when the barrier that ends the layer was released, which waited for them (9.83
+        // against 9.40 us a layer at 1.3B; issued after that barrier's arrival, in_proj waited for them instead).
         auto issue_a = [&] {
             if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
         };
-        if (!has_item || SPLIT_ISSUE_EARLY) issue_a();
+        if ((!has_item && SPLIT_ISSUE_AT < 2) || SPLIT_ISSUE_AT == 0) issue_a();
         for (int item = blockIdx.x; item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
@@ -1030,9 +1032,9 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             stamp(trace, l, 6);
             if (first) {
                 if (TMA && !SPLIT_STORE_LATE) ssm_writeback(L, stile);   // the new state, left in its tile
-                if (!SPLIT_ISSUE_EARLY) issue_a();
+                if (SPLIT_ISSUE_AT == 1) issue_a();
                 stamp(trace, l, 4);
-                words_wait<1>(&mbar[1], parity);
+                words_wait<SPLIT_ISSUE_AT == 2 ? 0 : 1>(&mbar[1], parity);   // (cp.async: the newer group pending)
             }
             stamp(trace, l, 7);
             if (PAIR == 2) {                          // the other CTA's half of hsm has landed
@@ -1047,6 +1049,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         stamp(trace, l, 8);
         arrive(bar);
         ++nbar;
+        if (SPLIT_ISSUE_AT == 2) issue_a();
         stamp(trace, l, 9);
         L = Ln;
     }
