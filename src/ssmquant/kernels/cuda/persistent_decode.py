@@ -126,8 +126,8 @@ def split_error(cfg, out_w: GemvTernaryWeight, grid: int, pair: bool = False,
 
 def auto_split(cfg, out_w: GemvTernaryWeight, grid: int, capability: tuple[int, int]) -> bool | str:
     """``FastDecoder``'s "auto" choice of out_proj split: "pair" where it can run, else True (by item) where every
-    CTA has at most one item, else False (by rows). Measured on an H100 (run 19, ms/token): 1.3B pair 0.572, by
-    rows 0.621; 2.7B (160 items on 132 CTAs) by item 2.140, by rows 2.086."""
+    CTA has at most one item, else False (by rows). Measured on an H100 (ms/token): 1.3B pair 0.543, by rows 0.620
+    (run 20); 2.7B (160 items on 132 CTAs) by item 2.140, by rows 2.086 (run 19)."""
     if split_error(cfg, out_w, grid, True, capability) is None:
         return "pair"
     ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), grid)
