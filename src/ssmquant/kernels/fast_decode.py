@@ -137,7 +137,8 @@ class FastDecoder:
     of items where they can run, else by item where a CTA has one, else by rows: ``persistent_decode.auto_split``),
     True (by item), "pair" (by pairs of items, clusters of two CTAs: half the atomics; sm_90) or False (by rows).
     Split, the order of the atomics' sums varies from run to run, so logits are not bitwise reproducible (they stay
-    within the per-layer kernels' tolerance of the model); False gives bitwise-reproducible decoding).
+    within the per-layer kernels' tolerance of the model), and out_proj is kept a second time in the split layout
+    (1.3B: 108 MB of GPU memory); False gives bitwise-reproducible decoding).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
