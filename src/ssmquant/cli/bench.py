@@ -52,9 +52,10 @@ def register(sub) -> None:
                         "times the per-layer kernels")
     d.add_argument("--out-split", choices=["auto", "on", "pair", "off"], default="auto",
                    help="the persistent kernel's out_proj split by SSM item (fp32 atomics, one grid barrier a layer "
-                        "fewer, logits not bitwise reproducible): auto (default: pair, else on, where the shapes "
-                        "allow), on, pair (by pairs of items in clusters of two CTAs, sm_90) or off (by rows). With "
-                        "the persistent kernel the run also times it by rows (or auto, when off)")
+                        "fewer, logits not bitwise reproducible): auto (default: pair where it can run, else on where "
+                        "every CTA has one SSM item, else off), on, pair (by pairs of items in clusters of two CTAs, "
+                        "sm_90) or off (by rows). With the persistent kernel the run also times it by rows (or auto, "
+                        "when off)")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
