@@ -51,7 +51,8 @@ typedef unsigned long long u64;
 #define SPLIT_STAGGER 1   // each CTA starts its atomics at its own row (else all start at row 0 at once)
 #endif
 #ifndef SPLIT_ISSUE_AT
-#define SPLIT_ISSUE_AT 0      // the next in_proj's copies issued: 0 before the SSM step, 1 after it, 2 after the arrival
+#define SPLIT_ISSUE_AT 0      // the next in_proj's copies issued: 0 before the SSM step, 1 after it, 2 after the
+                              // layer's arrival
 #endif
 #ifndef SPLIT_STORE_LATE
 #define SPLIT_STORE_LATE 0    // the state's write-back issued after out_proj's products (else with those copies)
