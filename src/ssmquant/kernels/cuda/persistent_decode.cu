@@ -454,6 +454,27 @@ __device__ __forceinline__ void stage(const float* src, const NormW<PJ>& nw, flo
     norm_to_shared<PJ, NGRP>(v, nw, eps, xs, red);
 }
 
+// The denormal decode of one word (16 fields). field_scale(j): the factor of field j's input, 2**(149 - XS - 2 jj)
+// with jj the field's place in the word it is read from (fields 11..15 from word >> 20); word_dot: the sum over the
+// fields of (code + 1) * input * 2**-XS, inputs x(j) pre-scaled by field_scale; times TWO_XS (and minus the inputs'
+// plain sum, for the "+ 1") it is the word's sum of code * input.
+__device__ __forceinline__ float field_scale(int j) {
+    const int jj = j < 11 ? j : j - 10;
+    return __uint_as_float((u32)(127 + 149 - XS - 2 * jj) << 23);
+}
+template <class X>
+__device__ __forceinline__ float word_dot(u32 word, X x) {
+    const u32 hi = word >> 20;
+    float acc = 0.f;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+        const u32 f = j < 11 ? (word & (3u << (2 * j))) : (hi & (3u << (2 * (j - 10))));
+        acc = ffma(__uint_as_float(f), x(j), acc);
+    }
+    return acc;
+}
+#define TWO_XS __uint_as_float((u32)(127 + XS) << 23)
+
 // The lane's 64 inputs of its chunk (the same in every row), pre-scaled per field for the denormal decode.
 // Returns their plain sum (the "+ 1" of the stored codes is removed with it).
 template <class PJ>
@@ -465,8 +486,7 @@ __device__ __forceinline__ float lane_x(const float* xs, float (&xr)[16][4]) {
     const float* base = xs + b * (PJ::KB + PJ::XPAD) + w0;
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-        const int jj = j < 11 ? j : j - 10;                 // field position in the (shifted) word
-        const float sc = __uint_as_float((u32)(127 + 149 - XS - 2 * jj) << 23);
+        const float sc = field_scale(j);
         float4 v = ok ? *reinterpret_cast<const float4*>(base + j * PJ::KW) : make_float4(0.f, 0.f, 0.f, 0.f);
         sx += (v.x + v.y) + (v.z + v.w);
         xr[j][0] = v.x * sc; xr[j][1] = v.y * sc; xr[j][2] = v.z * sc; xr[j][3] = v.w * sc;
@@ -479,18 +499,8 @@ __device__ __forceinline__ float row_dot(uint4 q, const float (&xr)[16][4], floa
     const u32 w[4] = {q.x, q.y, q.z, q.w};
     float a[4];
 #pragma unroll
-    for (int t = 0; t < 4; ++t) {
-        const u32 hi = w[t] >> 20;
-        float acc = 0.f;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-            const u32 f = j < 11 ? (w[t] & (3u << (2 * j))) : (hi & (3u << (2 * (j - 10))));
-            acc = ffma(__uint_as_float(f), xr[j][t], acc);
-        }
-        a[t] = acc;
-    }
-    const float two_xs = __uint_as_float((u32)(127 + XS) << 23);
-    return (((a[0] + a[1]) + (a[2] + a[3])) * two_xs - sx) * h2f(scale);
+    for (int t = 0; t < 4; ++t) a[t] = word_dot(w[t], [&](int j) { return xr[j][t]; });
+    return (((a[0] + a[1]) + (a[2] + a[3])) * TWO_XS - sx) * h2f(scale);
 }
 
 // Sums R values (R a power of two <= 32) over the warp's lanes at once (call with N = R, O = 16): each butterfly
@@ -846,14 +856,12 @@ __device__ __forceinline__ void out_split(const uint4* words, const u16* scales,
         float sx = 0.f;
 #pragma unroll
         for (int j = 0; j < 16; ++j) {
-            const int jj = j < 11 ? j : j - 10;
             const float v = hg[16 * w + j];
             sx += v;
-            xr[16 * w + j] = v * __uint_as_float((u32)(127 + 149 - XS - 2 * jj) << 23);
+            xr[16 * w + j] = v * field_scale(j);
         }
         sxw[w] = sx;
     }
-    const float two_xs = __uint_as_float((u32)(127 + XS) << 23);
     constexpr int NQ = SROWS / 4;
     const int q0 = SPLIT_STAGGER ? (int)((long long)NQ * blockIdx.x / GRID) : 0;
     for (int qi = threadIdx.x; qi < NQ; qi += NT) {
@@ -870,15 +878,9 @@ __device__ __forceinline__ void out_split(const uint4* words, const u16* scales,
             float acc_row = 0.f;
 #pragma unroll
             for (int w = 0; w < WPR; ++w) {
-                const u32 word = wd[r * WPR + w], hi = word >> 20;
-                float acc = 0.f;
-#pragma unroll
-                for (int j = 0; j < 16; ++j) {
-                    const u32 f = j < 11 ? (word & (3u << (2 * j))) : (hi & (3u << (2 * (j - 10))));
-                    acc = ffma(__uint_as_float(f), xr[16 * w + j], acc);
-                }
+                const float acc = word_dot(wd[r * WPR + w], [&](int j) { return xr[16 * w + j]; });
                 const float sc = h2f(scales[(SG == 1 ? 0 : (16 * w) / GOUT) * SROWS + 4 * q + r]);
-                acc_row += (acc * two_xs - sxw[w]) * sc;
+                acc_row += (acc * TWO_XS - sxw[w]) * sc;
             }
             o[r] = acc_row;
         }
