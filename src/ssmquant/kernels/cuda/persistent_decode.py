@@ -92,7 +92,7 @@ def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bo
     in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs; with ``pair``
     the columns of two items for half the rows) and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
-    ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, grid)
+    ch, _ = model_ssm_item(cfg, grid)
     in_b = rows_per_warp(d_in_proj, cfg.d_model, nw, grid) * nw * 32 * 16
     if split_out:
         cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
@@ -106,7 +106,7 @@ def split_error(cfg, out_w: GemvTernaryWeight, grid: int, pair: bool = False,
                 capability: tuple[int, int] = (9, 0)) -> str | None:
     """Why out_proj cannot be split by SSM item (``split_out``; with ``pair``, by pairs of items in clusters of two
     CTAs, which needs ``capability`` >= 9.0), or None."""
-    ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), grid)
+    ch, _ = model_ssm_item(cfg, grid)
     g = out_w.group_size
     if ch % 16:
         return f"SSM items of {ch} channels (a multiple of 16 needed)"
@@ -130,7 +130,7 @@ def auto_split(cfg, out_w: GemvTernaryWeight, grid: int, capability: tuple[int, 
     (run 20); 2.7B (160 items on 132 CTAs) by item 2.140, by rows 2.086 (run 19)."""
     if split_error(cfg, out_w, grid, True, capability) is None:
         return "pair"
-    ch, _ = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), grid)
+    ch, _ = model_ssm_item(cfg, grid)
     return split_error(cfg, out_w, grid) is None and cfg.nheads * (cfg.headdim // ch) <= grid
 
 
@@ -187,6 +187,11 @@ def ssm_item(nheads: int, headdim: int, d_state: int, threads: int, grid: int) -
     return best[1]
 
 
+def model_ssm_item(cfg, grid: int) -> tuple[int, int]:
+    """:func:`ssm_item` for a model config: (CH, TPC) with the model's warps per CTA."""
+    return ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), grid)
+
+
 AUTO_MAX_ROWS = 16   # "auto" declines where a warp sums more in_proj rows than this (see auto_declines)
 
 
@@ -223,7 +228,7 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
     if cfg.nheads % cfg.ngroups or cfg.d_inner % cfg.ngroups:
         return f"ngroups={cfg.ngroups} does not divide the heads"
     try:
-        ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * warps_per_cta(cfg.d_model, cfg.d_inner), 1)
+        model_ssm_item(cfg, 1)
     except ValueError as e:
         return str(e)
     if device.type != "cuda" or not mma_supported():
@@ -251,7 +256,7 @@ class PersistentDecodeStep:
         dev = residual.device
         self.grid = torch.cuda.get_device_properties(dev).multi_processor_count
         nw = warps_per_cta(cfg.d_model, cfg.d_inner)
-        ch, tpc = ssm_item(cfg.nheads, cfg.headdim, cfg.d_state, 32 * nw, self.grid)
+        ch, tpc = model_ssm_item(cfg, self.grid)
         win, wout = layers[0].in_w, layers[0].out_w
         self.split_out, self.pair = split_out, split_out and pair
         cap = torch.cuda.get_device_capability(dev)
