@@ -1,7 +1,6 @@
 """The persistent decode step (every layer of a batch-1 step in one kernel, kernels/cuda/persistent_decode.py)
 against the per-layer decode and the PyTorch model; on CPU its planning and refusals."""
 
-import math
 from types import SimpleNamespace
 
 import pytest
@@ -11,7 +10,11 @@ from kernels_util import DEVICE, rel_err
 
 from ssmquant.bench.models import to_ternary_
 from ssmquant.kernels.cuda.persistent_decode import (
+    WMAX,
+    _chunk_words,
+    _chunks,
     auto_split,
+    model_ssm_item,
     persistent_error,
     split_codes_ref,
     split_error,
@@ -22,12 +25,35 @@ from ssmquant.kernels.cuda.persistent_decode import (
 from ssmquant.kernels.layout import pack_gemv, unpack_codes_ref
 
 
-@pytest.mark.parametrize("d_model,d_inner", [(768, 1536), (1024, 2048), (2048, 4096), (2560, 5120), (128, 256)])
+@pytest.mark.parametrize("d_model,d_inner", [(768, 1536), (1024, 2048), (1536, 3072), (2048, 4096), (2560, 5120),
+                                             (128, 256)])
 def test_warps_per_cta_is_a_multiple_of_both_chunk_counts(d_model, d_inner):
     nw = warps_per_cta(d_model, d_inner)
     for k in (d_model, d_inner):
-        assert nw % math.ceil(k / 16 / 128) == 0
+        assert nw % _chunks(k) == 0
     assert 1 <= nw <= 16
+
+
+@pytest.mark.parametrize("K", [768, 1024, 1536, 2048, 2560, 3072, 4096, 5120, 128, 3200])
+def test_lanes_read_every_word_of_a_row_once(K):
+    """The .cu's chunks and parts (Proj::CW, Q4, S1 and part_word), mirrored: a row's K / 16 words are read once
+    each by the 32 lanes of its NCH warps, a lane reads at most WMAX words, uint4 parts are 16-byte aligned and a
+    pack block of 128 inputs never splits one."""
+    kwt, nch, cw = K // 16, _chunks(K), _chunk_words(K)
+    wpl = cw // 32
+    q4, s1 = wpl // 4, wpl % 4
+    assert cw % 32 == 0 and wpl <= WMAX and nch * cw >= kwt > (nch - 1) * cw
+    seen = []
+    for c in range(nch):
+        for lane in range(32):
+            for p in range(q4 + s1):
+                w = c * cw + (128 * p + 4 * lane if p < q4 else 128 * q4 + 32 * (p - q4) + lane)
+                n = 4 if p < q4 else 1
+                assert n == 1 or (w % 4 == 0 and w // 8 == (w + 3) // 8)
+                seen += [x for x in range(w, w + n) if x < kwt]
+    assert sorted(seen) == list(range(kwt))
+    # A lane of 1.3B reads one uint4 a row (the layout before the single words), 2.7B adds one word to it.
+    assert {2048: (1, 0), 4096: (1, 0), 2560: (1, 1), 5120: (1, 1), 1024: (0, 2)}.get(K, (q4, s1)) == (q4, s1)
 
 
 @pytest.mark.parametrize("nheads,headdim,d_state,threads", [(64, 64, 128, 256), (80, 64, 128, 192),
@@ -76,16 +102,16 @@ def test_persistent_error_names_each_refusal():
 
 
 def test_auto_declines_where_row_sums_spill():
-    """"auto" keeps the per-layer kernels where a warp would sum more than AUTO_MAX_ROWS in_proj rows (2.7B on
-    132 SMs, measured slower), and takes the persistent step for the 1.3B / 370m / 130m shapes."""
+    """"auto" keeps the per-layer kernels where a warp would sum more than AUTO_MAX_ROWS in_proj rows (2.7B on 40
+    SMs), and takes the persistent step for every published shape on 132 SMs (2.7B: 11 rows a warp)."""
     from ssmquant.kernels.cuda.persistent_decode import auto_declines
     from ssmquant.model.config import preset_config
 
-    for preset, declined in (("130m", False), ("370m", False), ("1.3b", False), ("2.7b", True)):
+    for preset in ("130m", "370m", "780m", "1.3b", "2.7b"):
         cfg = preset_config(preset)
-        assert (auto_declines(cfg, cfg.d_in_proj, 132) is not None) == declined, preset
+        assert auto_declines(cfg, cfg.d_in_proj, 132) is None, preset
     cfg = preset_config("2.7b")
-    assert "rows per warp" in auto_declines(cfg, cfg.d_in_proj, 132)
+    assert "34 in_proj rows per warp" in auto_declines(cfg, cfg.d_in_proj, 40)
 
 
 @pytest.mark.parametrize("N,K,ch,group", [(64, 128, 32, 64), (48, 256, 64, 64), (32, 128, 16, 128), (16, 256, 64, 32)])
@@ -115,8 +141,8 @@ def test_split_error_names_each_refusal():
 
 
 def test_auto_split_on_the_published_shapes():
-    """Pairs on sm_90 where every CTA has one item, by item before sm_90, by rows where items outnumber CTAs
-    (2.7B: 160 items of 32 channels on 132 SMs, measured slower split) or cannot be split."""
+    """Pairs on sm_90 where every CTA has one item of at most 32 channels, by item before sm_90 or for items of 64
+    channels (2.7B: 128 columns a pair, measured slower), by rows where items outnumber CTAs or cannot be split."""
     def cfg(d_model, nheads):
         return SimpleNamespace(d_model=d_model, d_inner=2 * d_model, nheads=nheads, headdim=64, d_state=128,
                                ngroups=1)
@@ -124,7 +150,9 @@ def test_auto_split_on_the_published_shapes():
     for d_model, nheads in ((768, 24), (1024, 32), (2048, 64)):        # 130m, 370m, 1.3B
         assert auto_split(cfg(d_model, nheads), out, 132, (9, 0)) == "pair"
         assert auto_split(cfg(d_model, nheads), out, 132, (8, 0)) is True
-    assert auto_split(cfg(2560, 80), out, 132, (9, 0)) is False
+    assert model_ssm_item(cfg(2560, 80), 132)[0] == 64
+    assert auto_split(cfg(2560, 80), out, 132, (9, 0)) is True
+    assert auto_split(cfg(2560, 80), out, 64, (9, 0)) is False       # 80 items on 64 CTAs
     assert auto_split(cfg(2048, 64), SimpleNamespace(group_size=48), 132, (9, 0)) is False
 
 
@@ -174,19 +202,26 @@ def _need_kernel():
 
 
 def _models():
+    """name -> (model, persistent_grid)."""
     from ssmquant.bench.models import random_model
 
+    def tiny():
+        return to_ternary_(tiny_model(seed=4, d_model=128, n_layer=2, d_state=32, headdim=32, ngroups=2), 64).half().cuda()
     return {
-        "tiny_ngroups2": lambda: to_ternary_(tiny_model(seed=4, d_model=128, n_layer=2, d_state=32, headdim=32,
-                                                        ngroups=2), 64).half().cuda(),
-        "1.3b_3layers": lambda: random_model("1.3b", weights="ternary", n_layer=3),
-        # 2.7B: rows of 160 / 320 words (partial chunks), 6 warps per CTA, more SSM items than SMs.
-        "2.7b_2layers": lambda: random_model("2.7b", weights="ternary", n_layer=2),
+        "tiny_ngroups2": lambda: (tiny(), None),
+        # 4 CTAs: two SSM items of 32 channels each (the split's later items read from global memory).
+        "tiny_ngroups2_grid4": lambda: (tiny(), 4),
+        # 130m: in_proj rows of 48 words (a partial chunk: 24 of 32 lanes read words), out_proj 96 (3 per lane).
+        "130m_2layers": lambda: (random_model("130m", weights="ternary", n_layer=2), None),
+        "1.3b_3layers": lambda: (random_model("1.3b", weights="ternary", n_layer=3), None),
+        # 2.7B: rows of 160 / 320 words (a uint4 and a single word per lane), items of 64 channels.
+        "2.7b_2layers": lambda: (random_model("2.7b", weights="ternary", n_layer=2), None),
     }
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("name", ["tiny_ngroups2", "1.3b_3layers", "2.7b_2layers"])
+@pytest.mark.parametrize("name", ["tiny_ngroups2", "tiny_ngroups2_grid4", "130m_2layers", "1.3b_3layers",
+                                  "2.7b_2layers"])
 @pytest.mark.parametrize("state_dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("split", [False, True, "pair"])
 def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype, split):
@@ -196,25 +231,27 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype, split):
     from ssmquant.kernels.fast_decode import FastDecoder
 
     _need_kernel()
-    m = _models()[name]()
+    m, grid = _models()[name]()
     V = m.config.vocab_size
     g = torch.Generator().manual_seed(0)
     prompt = torch.randint(0, min(V, 50000), (1, 5), generator=g).cuda()
     forced = torch.randint(0, min(V, 50000), (1, 6), generator=g).cuda()
-    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    grid_or_sms = grid or torch.cuda.get_device_properties(0).multi_processor_count
     err = split and split_error(m.config, FastDecoder(m, 1, 2, gemv_configs={"persistent": False}).layers[0].out_w,
-                                sms, split == "pair", torch.cuda.get_device_capability())
-    if err:      # tiny: SSM items of 2 channels (16 needed); 2.7B pairs: more items than CTAs
-        assert name == "tiny_ngroups2" or (name == "2.7b_2layers" and split == "pair"), err
+                                grid_or_sms, split == "pair", torch.cuda.get_device_capability())
+    cfgs = {"persistent": True, "persistent_grid": grid}
+    if err:      # tiny: SSM items of 2 channels (16 needed); on 4 CTAs, pairs: more items than CTAs
+        assert name == "tiny_ngroups2" or (name == "tiny_ngroups2_grid4" and split == "pair"), err
         with pytest.raises(ValueError, match="split out_proj"):
-            FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": split})
-        auto = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": "auto"}).persistent
-        assert not auto.pair and not auto.split_out    # tiny: cannot; 2.7B: by item measured slower than by rows
+            FastDecoder(m, 1, 16, gemv_configs={**cfgs, "out_split": split})
+        auto = FastDecoder(m, 1, 16, gemv_configs={**cfgs, "out_split": "auto"}).persistent
+        assert not auto.pair and not auto.split_out    # tiny: cannot; 4 CTAs: by item has 2 items a CTA
         return
-    pers = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={"persistent": True, "out_split": split})
+    pers = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={**cfgs, "out_split": split})
     per_layer = FastDecoder(m, 1, 16, state_dtype=state_dtype, gemv_configs={"persistent": False})
     assert pers.persistent is not None and per_layer.persistent is None
     assert pers.persistent.split_out == bool(split) and pers.persistent.pair == (split == "pair")
+    assert pers.persistent.grid == grid_or_sms
     step = pers.persistent
     assert step.kernel.blocks_per_sm(step.threads, step.smem) >= 1   # the whole grid is resident
     a = pers.teacher_forced_logits(prompt, forced)

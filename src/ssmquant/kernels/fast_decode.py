@@ -138,7 +138,9 @@ class FastDecoder:
     True (by item), "pair" (by pairs of items, clusters of two CTAs: half the atomics; sm_90) or False (by rows).
     Split, the order of the atomics' sums varies from run to run, so logits are not bitwise reproducible (they stay
     within the per-layer kernels' tolerance of the model), and out_proj is kept a second time in the split layout
-    (1.3B: 108 MB of GPU memory); False gives bitwise-reproducible decoding).
+    (1.3B: 108 MB of GPU memory); False gives bitwise-reproducible decoding), "persistent_grid" (CTAs of the
+    persistent kernel, at most one per SM; default None: one per SM. Fewer give each CTA more rows and SSM items:
+    for tests and measurements, never faster).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -167,6 +169,9 @@ class FastDecoder:
         out_split = self.gemv_configs.pop("out_split", "auto")
         if out_split not in (False, True, "pair", "auto"):
             raise ValueError(f"gemv_configs['out_split']={out_split!r}: use False, True, 'pair' or 'auto'")
+        pgrid = self.gemv_configs.pop("persistent_grid", None)
+        if pgrid is not None and (not isinstance(pgrid, int) or isinstance(pgrid, bool) or pgrid < 1):
+            raise ValueError(f"gemv_configs['persistent_grid']={pgrid!r}: a positive number of CTAs, or None")
         mma = self.gemv_configs.pop("mma", "auto")
         # None: each kernel kind's default (kernels/pdl.py); a mode given is checked here, used on CUDA only.
         pdl = self.gemv_configs.pop("pdl", None)
@@ -223,19 +228,21 @@ class FastDecoder:
         # Batch 1: every layer in one persistent kernel (cuda/persistent_decode.py) where it can run.
         self.persistent = None
         if persistent is not False:
-            err = persistent_error(cfg, self.layers, M, dtype, dev)
-            if err is None and persistent == "auto":
-                err = auto_declines(cfg, cfg.d_in_proj, _sm_count(dev))
+            err = persistent_error(cfg, self.layers, M, dtype, dev, pgrid)
+            if err is None:
+                grid = pgrid or _sm_count(dev)
+                if persistent == "auto":
+                    err = auto_declines(cfg, cfg.d_in_proj, grid)
             if err is None:
                 if out_split == "auto":
                     cap = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else (0, 0)
-                    out_split = auto_split(cfg, self.layers[0].out_w, _sm_count(dev), cap)
+                    out_split = auto_split(cfg, self.layers[0].out_w, grid, cap)
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
                                                            residual=self.residual, zx=self.zx, h=self.h,
                                                            pos=self.pos, eps=cfg.norm_eps,
                                                            split_out=out_split is not False,
-                                                           pair=out_split == "pair")
+                                                           pair=out_split == "pair", grid=grid)
                 except RuntimeError as e:       # compiling, or the CTAs cannot all be resident on this GPU
                     if persistent is True:
                         raise

@@ -260,23 +260,35 @@ __device__ __forceinline__ void cluster_sync() {
 
 // ---------------------------------------------------------------- projections
 // A projection (N, K) in the GEMV layout (layout.py): row n is K/16 int32 words, pack blocks of KB inputs
-// (KW = KB/16 words), one fp16 scale per G inputs. A warp reads a row in chunks of 128 words, a lane 4 words
-// (one uint4, 64 codes) per chunk: its inputs are the same in every row, so a lane keeps its 64 activations in
-// registers for the whole phase, pre-scaled for the denormal decode of gemv.py: field j of a word, masked in
-// place, is the fp32 denormal (code + 1) * 2**(2j - 149); one FFMA with x * 2**(149 - XS - 2j) adds
-// (code + 1) * x * 2**-XS. Fields 11..15 are read from word >> 20. The "+ 1" is removed once per row (minus
-// the lane's sum of x), 2**XS and the scale once per lane and row.
+// (KW = KB/16 words), one fp16 scale per G inputs. A warp reads a row in NCH chunks of CW words (CW a multiple of
+// 32, at most 32 WMAX: 128 at 1.3B, 160 at 2.7B); a lane reads WPL = CW / 32 words of a chunk in NPART parts: Q4
+// uint4 of 4 words (chunk words 128 q + 4 lane .. + 3), then S1 single words (128 Q4 + 32 s + lane). Its inputs
+// are the same in every row, so a lane keeps its 16 WPL activations in registers for the whole phase, pre-scaled
+// for the denormal decode of gemv.py: field j of a word, masked in place, is the fp32 denormal (code + 1) *
+// 2**(2j - 149); one FFMA with x * 2**(149 - XS - 2j) adds (code + 1) * x * 2**-XS. Fields 11..15 are read from
+// word >> 20. The "+ 1" is removed once per part and row (minus the part's sum of x), 2**XS and the scale once per
+// part and row (a part lies in one pack block, which has one scale). Rows lie in shared memory as in global
+// memory, KWT words each. (Single words, not one wider vector per lane, because a row need not be a multiple of
+// 128 words: 2.7B's 160-word rows took two warps a row with the second one's lanes three quarters idle.)
+#ifndef WMAX
+#define WMAX 5
+#endif
+__host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
 template <int N_, int K_, int KB_, int G_>
 struct Proj {
     static constexpr int N = N_, K = K_, KB = KB_, G = G_;
     static constexpr int KWT = K / 16;                 // words per row
     static constexpr int KW = KB / 16;                 // words per pack block
-    static constexpr int NCH = (KWT + 127) / 128;      // chunks per row
+    static constexpr int NCH = cdiv(KWT, 32 * WMAX);   // chunks per row
+    static constexpr int CW = 32 * cdiv(cdiv(KWT, NCH), 32);   // words per chunk (the last may be partial)
+    static constexpr int WPL = CW / 32, Q4 = WPL / 4, S1 = WPL % 4, NPART = Q4 + S1;
     static constexpr int NWG = NW / NCH;               // warp groups: a group's NCH warps share rows
     static constexpr int RPC = (N + GRID - 1) / GRID;  // most rows of a CTA
     static constexpr int MAXR = (RPC + NWG - 1) / NWG; // rows per warp
+    // Words of the CTA's buffer: every row a warp may read (MAXR NWG), and a partial last chunk's reach past it.
+    static constexpr int WORDS = 4 * cdiv(MAXR * NWG * KWT + NCH * CW - KWT, 4);
     static constexpr int XPAD = KW;                    // floats of padding per pack block in shared memory
-    static constexpr int XLEN = K + (K / KB) * XPAD;   // (conflict-free 16-byte reads of a lane's inputs)
+    static constexpr int XLEN = K + (K / KB) * XPAD;   // (conflict-free reads of a lane's inputs)
 };
 
 
@@ -284,68 +296,65 @@ struct Proj {
 template <class PJ>
 __device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ::N * cta) / GRID); }
 
-// Where this thread works in a projection: its warp group (rows wg, wg + NWG, ...), its chunk c, its first word in
-// a row, and whether that word exists (a partial last chunk, or a warp beyond NWG * NCH, has none).
+// Where this thread works in a projection: its warp group (rows wg, wg + NWG, ...) and its chunk c.
 struct LaneChunk {
-    int wg, c, word;
-    bool ok;
+    int wg, c;
+    bool ok;                                           // (a warp beyond NWG * NCH has none)
 };
 template <class PJ>
 __device__ __forceinline__ LaneChunk lane_chunk() {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int c = warp % PJ::NCH, word = (c * 32 + lane) * 4;
-    return {warp / PJ::NCH, c, word, word < PJ::KWT && warp < PJ::NWG * PJ::NCH};
+    const int warp = threadIdx.x / 32;
+    return {warp / PJ::NCH, warp % PJ::NCH, warp < PJ::NWG * PJ::NCH};
+}
+// The lane's first word of part ``p`` in a row, and whether the row has it (a partial last chunk may not).
+template <class PJ>
+__device__ __forceinline__ int part_word(int c, int p, int lane) {
+    return c * PJ::CW + (p < PJ::Q4 ? 128 * p + 4 * lane : 128 * PJ::Q4 + 32 * (p - PJ::Q4) + lane);
+}
+template <class PJ>
+__device__ __forceinline__ bool part_ok(const LaneChunk& lc, int p, int lane) {
+    return lc.ok && part_word<PJ>(lc.c, p, lane) < PJ::KWT;
 }
 
-// The lane's scales of one projection: its block's scale in each of its rows (0 past the CTA's rows).
+// The lane's scales of one projection: its parts' blocks' scales in each of its rows (0 past the CTA's rows).
 template <class PJ>
-__device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR]) {
+__device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR][PJ::NPART]) {
     const LaneChunk lc = lane_chunk<PJ>();
+    const int lane = threadIdx.x % 32;
     const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
-    const int sofs = (lc.word / PJ::KW) * PJ::KB / PJ::G;   // its scale in the row (one pack block has one)
 #pragma unroll
-    for (int i = 0; i < PJ::MAXR; ++i) {
-        const int row = rb + i * PJ::NWG + lc.wg;
-        sr[i] = !(lc.ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
-                                                               : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
+    for (int p = 0; p < PJ::NPART; ++p) {
+        const bool ok = part_ok<PJ>(lc, p, lane);
+        const int sofs = (part_word<PJ>(lc.c, p, lane) / PJ::KW) * PJ::KB / PJ::G;   // its scale in the row
+#pragma unroll
+        for (int i = 0; i < PJ::MAXR; ++i) {
+            const int row = rb + i * PJ::NWG + lc.wg;
+            sr[i][p] = !(ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
+                                                                   : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
+        }
     }
 }
 
-// Copy this CTA's words of one projection into shared memory, row after row (``buf``: PJ::MAXR * NW * 32
-// uint4; local row r's chunk c at (r * NCH + c) * 32, which is where warp (r % NWG) * NCH + c reads it), and, if
-// ``scales``, load the lane's scales (load_scales). Called before the barrier that gates the projection: nothing
-// here depends on this step's activations. sm_90: one thread per row issues that row's TMA copy, completing on
-// ``mbar``; else each lane copies its 16 bytes of every row with cp.async (one commit group).
+// Copy this CTA's rows of one projection into shared memory (``buf``: PJ::WORDS words, the rows as in global
+// memory), and, if ``scales``, load the lane's scales (load_scales). Called before the barrier that gates the
+// projection: nothing here depends on this step's activations. sm_90: one TMA copy of the CTA's rows (contiguous
+// in global memory: a TMA instruction costs the issuing warp tens of cycles, and one a row held the CTA 1.3 us at
+// 1.3B), completing on ``mbar``; else 16-byte cp.async copies spread over the threads (one commit group).
 template <class PJ>
 __device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16* __restrict__ s, uint4* buf,
-                                         u16 (&sr)[PJ::MAXR], u64* mbar, bool scales = true) {
+                                         u16 (&sr)[PJ::MAXR][PJ::NPART], u64* mbar, bool scales = true) {
     const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
+    const uint4* src = w + (long long)rb * (PJ::KWT / 4);
 #if TMA
     // Thread 0 also announces the bytes (the mbarrier's phase cannot complete before that arrival, whichever
-    // comes first). Rows of whole chunks lie in shared memory as in global memory: one copy for all of them
-    // (a TMA instruction costs the issuing warp tens of cycles: one a row held the CTA 1.3 us at 1.3B).
-    constexpr u32 ROWB = PJ::KWT * 4;
-    if constexpr (PJ::KWT % 128 == 0) {
-        if (threadIdx.x == 0) {
-            mbar_expect(mbar, (u32)(re - rb) * ROWB);
-            tma_load(buf, w + (long long)rb * (PJ::KWT / 4), (u32)(re - rb) * ROWB, mbar);
-        }
-    } else {
-        if (threadIdx.x == 0) mbar_expect(mbar, (u32)(re - rb) * ROWB);
-        for (int r = threadIdx.x; r < re - rb; r += NT)
-            tma_load(buf + r * PJ::NCH * 32, w + (long long)(rb + r) * (PJ::KWT / 4), ROWB, mbar);
+    // comes first).
+    if (threadIdx.x == 0) {
+        const u32 bytes = (u32)(re - rb) * PJ::KWT * 4;
+        mbar_expect(mbar, bytes);
+        tma_load(buf, src, bytes, mbar);
     }
 #else
-    const LaneChunk lc = lane_chunk<PJ>();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-    for (int i = 0; i < PJ::MAXR; ++i) {
-        const int row = rb + i * PJ::NWG + lc.wg;
-        const bool ok = lc.ok && row < re;
-        // Rows and lanes past the end are zero-filled (source size 0).
-        cp_async16(buf + (i * NW + warp) * 32 + lane, ok ? w + (long long)row * (PJ::KWT / 4) + lc.word / 4 : w,
-                   ok);
-    }
+    for (int i = threadIdx.x; i < (re - rb) * (PJ::KWT / 4); i += NT) cp_async16(buf + i, src + i, true);
     cp_async_commit();
 #endif
     if (scales) load_scales<PJ>(s, sr);
@@ -475,32 +484,60 @@ __device__ __forceinline__ float word_dot(u32 word, X x) {
 }
 #define TWO_XS __uint_as_float((u32)(127 + XS) << 23)
 
-// The lane's 64 inputs of its chunk (the same in every row), pre-scaled per field for the denormal decode.
-// Returns their plain sum (the "+ 1" of the stored codes is removed with it).
+// The lane's 16 WPL inputs of its chunk (the same in every row), pre-scaled per field for the denormal decode:
+// xr[j][4 q + t] for word t of uint4 part q, xr[j][4 Q4 + s] for single word s. sx[p]: part p's plain sum (the
+// "+ 1" of the stored codes is removed with it); inputs past the row are 0.
 template <class PJ>
-__device__ __forceinline__ float lane_x(const float* xs, float (&xr)[16][4]) {
+__device__ __forceinline__ void lane_x(const float* xs, float (&xr)[16][PJ::WPL], float (&sx)[PJ::NPART]) {
     const LaneChunk lc = lane_chunk<PJ>();
-    float sx = 0.f;
-    const bool ok = lc.ok;
-    const int b = lc.word / PJ::KW, w0 = lc.word % PJ::KW;
-    const float* base = xs + b * (PJ::KB + PJ::XPAD) + w0;
+    const int lane = threadIdx.x % 32;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
-        const float sc = field_scale(j);
-        float4 v = ok ? *reinterpret_cast<const float4*>(base + j * PJ::KW) : make_float4(0.f, 0.f, 0.f, 0.f);
-        sx += (v.x + v.y) + (v.z + v.w);
-        xr[j][0] = v.x * sc; xr[j][1] = v.y * sc; xr[j][2] = v.z * sc; xr[j][3] = v.w * sc;
+    for (int p = 0; p < PJ::NPART; ++p) {
+        const bool ok = part_ok<PJ>(lc, p, lane);
+        const int word = part_word<PJ>(lc.c, p, lane);
+        const float* base = xs + (word / PJ::KW) * (PJ::KB + PJ::XPAD) + word % PJ::KW;
+        float t = 0.f;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+            const float sc = field_scale(j);
+            if (p < PJ::Q4) {
+                const float4 v = ok ? *reinterpret_cast<const float4*>(base + j * PJ::KW) : make_float4(0.f, 0.f, 0.f, 0.f);
+                t += (v.x + v.y) + (v.z + v.w);
+                xr[j][4 * p] = v.x * sc; xr[j][4 * p + 1] = v.y * sc; xr[j][4 * p + 2] = v.z * sc;
+                xr[j][4 * p + 3] = v.w * sc;
+            } else {
+                const float v = ok ? base[j * PJ::KW] : 0.f;
+                t += v;
+                xr[j][4 * PJ::Q4 + p - PJ::Q4] = v * sc;
+            }
+        }
+        sx[p] = t;
     }
-    return sx;
 }
 
-// sum over the lane's 64 weights of one row: code * x (before the row's reduction over lanes).
-__device__ __forceinline__ float row_dot(uint4 q, const float (&xr)[16][4], float sx, u16 scale) {
-    const u32 w[4] = {q.x, q.y, q.z, q.w};
-    float a[4];
+// Sum over the lane's 16 WPL weights of one row (``rw``: the row's first word of the lane's chunk, shared memory)
+// of code * x, before the row's reduction over lanes. A part past the row reads the next row or the buffer's
+// padding (Proj::WORDS): its inputs and its scale are 0, and a masked field is never NaN or infinite.
+template <class PJ>
+__device__ __forceinline__ float row_dot(const u32* rw, const float (&xr)[16][PJ::WPL], const float (&sx)[PJ::NPART],
+                                         const u16 (&scale)[PJ::NPART], int lane) {
+    float acc = 0.f;
 #pragma unroll
-    for (int t = 0; t < 4; ++t) a[t] = word_dot(w[t], [&](int j) { return xr[j][t]; });
-    return (((a[0] + a[1]) + (a[2] + a[3])) * TWO_XS - sx) * h2f(scale);
+    for (int q = 0; q < PJ::Q4; ++q) {
+        const uint4 v = *reinterpret_cast<const uint4*>(rw + 128 * q + 4 * lane);
+        const u32 w[4] = {v.x, v.y, v.z, v.w};
+        float a[4];
+#pragma unroll
+        for (int t = 0; t < 4; ++t) a[t] = word_dot(w[t], [&](int j) { return xr[j][4 * q + t]; });
+        acc += (((a[0] + a[1]) + (a[2] + a[3])) * TWO_XS - sx[q]) * h2f(scale[q]);
+    }
+#pragma unroll
+    for (int s = 0; s < PJ::S1; ++s) {
+        const u32 w = rw[128 * PJ::Q4 + 32 * s + lane];
+        const float a = word_dot(w, [&](int j) { return xr[j][4 * PJ::Q4 + s]; });
+        acc += (a * TWO_XS - sx[PJ::Q4 + s]) * h2f(scale[PJ::Q4 + s]);
+    }
+    return acc;
 }
 
 // Sums R values (R a power of two <= 32) over the warp's lanes at once (call with N = R, O = 16): each butterfly
@@ -532,13 +569,13 @@ __host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 *
 // copies for later phases (see the main loop).
 template <class PJ, bool RES, int PENDING, class Stage, class Hook>
 __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* mbar, u32 parity,
-                                        const u16 (&sr)[PJ::MAXR], float* xs, float* part, u16* out_act,
+                                        const u16 (&sr)[PJ::MAXR][PJ::NPART], float* xs, float* part, u16* out_act,
                                         float* out_res, float& res_own, u64* trace, int l, Hook after_stage) {
     stage_in();
     stamp(trace, l, RES ? 8 : 2);
     after_stage();
-    float xr[16][4];
-    const float sx = lane_x<PJ>(xs, xr);
+    float xr[16][PJ::WPL], sx[PJ::NPART];
+    lane_x<PJ>(xs, xr, sx);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const LaneChunk lc = lane_chunk<PJ>();
     const int wg = lc.wg, c = lc.c;
@@ -546,11 +583,12 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
     constexpr int R = pow2_at_least(PJ::MAXR);
     static_assert(R <= 32, "at most 32 rows per warp");
     words_wait<PENDING>(mbar, parity); // the projection's words have landed (and are visible to this thread)
+    const u32* bw = reinterpret_cast<const u32*>(buf) + wg * PJ::KWT + c * PJ::CW;
     float v[R];
 #pragma unroll
     for (int i = 0; i < R; ++i) {
         const int ii = i < PJ::MAXR ? i : 0;
-        v[i] = i < PJ::MAXR ? row_dot(buf[(ii * NW + warp) * 32 + lane], xr, sx, sr[ii]) : 0.f;
+        v[i] = i < PJ::MAXR ? row_dot<PJ>(bw + ii * PJ::NWG * PJ::KWT, xr, sx, sr[ii], lane) : 0.f;
     }
     const float sum = multi_warp_sum<R, 16, R>(v, lane);
     const int i = lane / (32 / R), local = i * PJ::NWG + wg;
@@ -915,7 +953,7 @@ using PC = Proj<DM, E, KBOUT, GOUT>;
 constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
 constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
 // Bytes of dynamic shared memory before the state tile: in_proj's words, then out_proj's (or SPLIT_OUT's item).
-constexpr int WC_BYTES = SPLIT_OUT ? SPLIT_WORDS_B + SPLIT_SCALES_B : PC::MAXR * NW * 32 * 16;
+constexpr int WC_BYTES = SPLIT_OUT ? SPLIT_WORDS_B + SPLIT_SCALES_B : PC::WORDS * 4;
 
 static_assert(NW % PA::NCH == 0 && NW % PC::NCH == 0, "warps per CTA must be a multiple of both chunk counts");
 static_assert(PA::KW % 4 == 0 && PC::KW % 4 == 0, "pack blocks of at least 64 inputs");
@@ -945,7 +983,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
     extern __shared__ __align__(16) uint4 wbuf[];
     uint4* wa = wbuf;
-    uint4* wc = wbuf + PA::MAXR * NW * 32;
+    uint4* wc = wbuf + PA::WORDS / 4;
     void* stile = reinterpret_cast<char*>(wc) + WC_BYTES;
     // Completion of: in_proj words, out_proj words, state tile; SPLIT_PAIR: the other CTA's half of hsm.
     __shared__ __align__(8) u64 mbar[4];
@@ -957,7 +995,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
 #endif
     __syncthreads();
     if (PAIR == 2) cluster_sync();                   // both CTAs' mbarriers are initialised before any st_partner
-    u16 sa[PA::MAXR];
+    u16 sa[PA::MAXR][PA::NPART];
     SsmPre pre;
     NormW<PA> na;
     const bool has_item = (int)blockIdx.x < NITEMS;
@@ -1069,7 +1107,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         }
     }
 #else
-    u16 sc[PC::MAXR];
+    u16 sc[PC::MAXR][PC::NPART];
     NormW<PC> nc;
     // The last SSM item of this CTA (its state is stored during out_proj), or -1.
     const int last_item = has_item ? cta + GRID * ((NITEMS - 1 - cta) / GRID) : -1;

@@ -76,14 +76,29 @@ def _cdiv(a: int, b: int) -> int:
     return (a + b - 1) // b
 
 
+WMAX = 5               # most words of a row's chunk one lane reads (``WMAX`` in the .cu)
+
+
 def _chunks(K: int) -> int:
-    """Chunks of 128 words (2048 ternary inputs) a warp reads a row in."""
-    return _cdiv(K // 16, 128)
+    """Chunks a row of K ternary inputs (K / 16 words) is read in, a warp each: at most 32 WMAX words a chunk."""
+    return _cdiv(K // 16, 32 * WMAX)
+
+
+def _chunk_words(K: int) -> int:
+    """Words of a chunk (``Proj::CW``): a multiple of 32, the last chunk of a row may be partial."""
+    return 32 * _cdiv(_cdiv(K // 16, _chunks(K)), 32)
 
 
 def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
     """Most rows of an (N, K) projection one warp reads (``Proj::MAXR`` in the .cu)."""
     return _cdiv(_cdiv(N, grid), warps // _chunks(K))
+
+
+def proj_words(N: int, K: int, warps: int, grid: int) -> int:
+    """Words of a CTA's shared-memory buffer for an (N, K) projection (``Proj::WORDS``): every row its warps may
+    read, K / 16 words each, and a partial last chunk's reach past the last one."""
+    kwt, nch = K // 16, _chunks(K)
+    return 4 * _cdiv(rows_per_warp(N, K, warps, grid) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
 
 
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
@@ -93,12 +108,12 @@ def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bo
     the columns of two items for half the rows) and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
     ch, _ = model_ssm_item(cfg, grid)
-    in_b = rows_per_warp(d_in_proj, cfg.d_model, nw, grid) * nw * 32 * 16
+    in_b = 4 * proj_words(d_in_proj, cfg.d_model, nw, grid)
     if split_out:
         cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
         out_b = rows * (cols // 16) * 4 + max(1, cols // out_group) * rows * 2
     else:
-        out_b = rows_per_warp(cfg.d_model, cfg.d_inner, nw, grid) * nw * 32 * 16
+        out_b = 4 * proj_words(cfg.d_model, cfg.d_inner, nw, grid)
     return in_b + out_b + ch * cfg.d_state * state_bytes
 
 
@@ -124,13 +139,19 @@ def split_error(cfg, out_w: GemvTernaryWeight, grid: int, pair: bool = False,
     return None
 
 
+PAIR_MAX_COLS = 64   # "auto" pairs SSM items only while a pair's block has at most this many columns
+
+
 def auto_split(cfg, out_w: GemvTernaryWeight, grid: int, capability: tuple[int, int]) -> bool | str:
-    """``FastDecoder``'s "auto" choice of out_proj split: "pair" where it can run, else True (by item) where every
-    CTA has at most one item, else False (by rows). Measured on an H100 (ms/token): 1.3B pair 0.543, by rows 0.620
-    (run 20); 2.7B (160 items on 132 CTAs) by item 2.140, by rows 2.086 (run 19)."""
-    if split_error(cfg, out_w, grid, True, capability) is None:
-        return "pair"
+    """``FastDecoder``'s "auto" choice of out_proj split: "pair" where it can run and a pair's columns are at most
+    :data:`PAIR_MAX_COLS` (a thread keeps the block's inputs in registers), else True (by item) where every CTA has
+    at most one item, else False (by rows). Measured on an H100, the kernel alone in us a layer
+    (``benchmarks/persistent_phases.py``): 1.3B (items of 32 channels) pair 9.35, by item 9.38, by rows 10.93 (run
+    20); 2.7B (items of 64 channels: 128 columns a pair, a 104-byte stack per thread) pair 14.23, by item 12.54, by
+    rows 14.44 (run 22)."""
     ch, _ = model_ssm_item(cfg, grid)
+    if 2 * ch <= PAIR_MAX_COLS and split_error(cfg, out_w, grid, True, capability) is None:
+        return "pair"
     return split_error(cfg, out_w, grid) is None and cfg.nheads * (cfg.headdim // ch) <= grid
 
 
@@ -198,17 +219,20 @@ AUTO_MAX_ROWS = 16   # "auto" declines where a warp sums more in_proj rows than 
 def auto_declines(cfg, d_in_proj: int, grid: int) -> str | None:
     """Why ``FastDecoder``'s "auto" keeps the per-layer kernels although the persistent step could run, or None.
 
-    Above :data:`AUTO_MAX_ROWS` in_proj rows per warp (2.7B on 132 SMs: 27) the per-row sums no longer fit the
-    registers (NVRTC reports a 1.2 KB stack per thread) and the step was slower than the per-layer kernels
-    (H100, run 17: 1.926 against 1.903 ms/token; 1.3B, 9 rows: 0.689 against 0.782)."""
+    Above :data:`AUTO_MAX_ROWS` in_proj rows per warp the per-row sums no longer fit the registers. 2.7B on 132
+    SMs had 27 while its 160-word rows took two warps each (NVRTC reported a 1.2 KB stack per thread, and the step
+    was slower than the per-layer kernels: H100, run 17, 1.926 against 1.903 ms/token); a lane now reads a row's
+    160 words in one warp, and 2.7B has 11 (1.3B: 9)."""
     rows = rows_per_warp(d_in_proj, cfg.d_model, warps_per_cta(cfg.d_model, cfg.d_inner), grid)
     if rows > AUTO_MAX_ROWS:
         return f"{rows} in_proj rows per warp (more than {AUTO_MAX_ROWS}: slower than the per-layer kernels)"
     return None
 
 
-def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.device) -> str | None:
-    """Why the persistent step cannot run this decoder (``FastDecoder``'s per-layer weights), or None."""
+def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.device,
+                     grid: int | None = None) -> str | None:
+    """Why the persistent step cannot run this decoder (``FastDecoder``'s per-layer weights) on ``grid`` CTAs
+    (default: one per SM), or None."""
     from .ternary_mma import mma_supported
 
     if batch != 1:
@@ -234,7 +258,9 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
     if device.type != "cuda" or not mma_supported():
         return "needs a CUDA device of compute capability >= 8.0 with NVRTC"
     props = torch.cuda.get_device_properties(device)
-    need = dynamic_smem(cfg, layers[0].in_w.shape[0], props.multi_processor_count, 4) + STATIC_SMEM_MAX
+    if grid is not None and grid > props.multi_processor_count:
+        return f"{grid} CTAs on {props.multi_processor_count} SMs (one CTA per SM at most)"
+    need = dynamic_smem(cfg, layers[0].in_w.shape[0], grid or props.multi_processor_count, 4) + STATIC_SMEM_MAX
     if need > props.shared_memory_per_block_optin:
         return f"needs about {need // 1024} KB of shared memory per CTA, the GPU allows " \
                f"{props.shared_memory_per_block_optin // 1024} KB"
@@ -244,17 +270,17 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
 class PersistentDecodeStep:
     """Launches the persistent kernel over ``FastDecoder``'s buffers: residual (1, d_model) fp32 in and out, zx
     (1, d_in_proj) and h (1, d_inner) fp32 as scratch, per-layer rings and states updated in place, ``pos`` the
-    token counter. Build with :func:`persistent_error` returning None."""
+    token counter; ``grid`` CTAs (default one per SM). Build with :func:`persistent_error` returning None."""
 
     FIELDS = ("in_words", "in_scale", "norm_w", "conv_w", "conv_b", "dt_bias", "A", "D", "gnorm_w", "out_words",
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")
 
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
-                 pair: bool = False, extra_options: tuple[str, ...] = ()):
+                 pair: bool = False, grid: int | None = None, extra_options: tuple[str, ...] = ()):
         from .nvrtc import get_kernel
 
         dev = residual.device
-        self.grid = torch.cuda.get_device_properties(dev).multi_processor_count
+        self.grid = grid or torch.cuda.get_device_properties(dev).multi_processor_count
         nw = warps_per_cta(cfg.d_model, cfg.d_inner)
         ch, tpc = model_ssm_item(cfg, self.grid)
         win, wout = layers[0].in_w, layers[0].out_w
@@ -272,7 +298,7 @@ class PersistentDecodeStep:
             f"-DDIP={win.shape[0]}", f"-DGIN={win.group_size}", f"-DKBIN={win.block}", f"-DGOUT={wout.group_size}",
             f"-DKBOUT={wout.block}", f"-DNW={nw}", f"-DGRID={self.grid}", f"-DCH={ch}", f"-DTPC={tpc}",
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
-            f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", *extra_options]
+            f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}", *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
@@ -313,5 +339,5 @@ class PersistentDecodeStep:
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
-__all__ = ["AUTO_MAX_ROWS", "PersistentDecodeStep", "auto_declines", "auto_split", "persistent_error",
+__all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "persistent_error",
            "split_error", "split_layout", "ssm_item", "warps_per_cta"]
