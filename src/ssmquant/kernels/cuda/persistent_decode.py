@@ -6,7 +6,7 @@ launch, during which HBM idles; a GEMV's weights can be loaded early only while 
 Here one kernel runs every layer: a CTA per SM (cooperative launch, so all are resident), the phases of a layer
 separated by grid-wide barriers instead of launches,
 
-    A  zx = in_proj(rmsnorm(residual))          rows split over the CTAs: a warp per row (and chunk of 2048 inputs)
+    A  zx = in_proj(rmsnorm(residual))          rows split over the CTAs: a warp per row (chunk of <= 2560 inputs)
     B  conv, SSM state update, gate -> h        an item = CH channels of one head per CTA (ssm_step.py's arithmetic)
     C  residual += out_proj(gated_rmsnorm(h))   as A
 
@@ -19,8 +19,9 @@ have drained (measured: a barrier after a prefetch burst took 4 us instead of 0.
 embedding before and the head after stay separate kernels (``FastDecoder``).
 
 Arithmetic. The projections decode the GEMV layout (``kernels/layout.py``) as ``triton/gemv.py`` does (a field
-masked in place is an fp32 denormal; one FFMA per weight against pre-scaled activations); each lane keeps its 64
-inputs of a chunk in registers for all its rows. The norms are computed by every CTA from the whole activation
+masked in place is an fp32 denormal; one FFMA per weight against pre-scaled activations); each lane keeps its
+inputs of a chunk (16 per word it reads: a uint4 per 128 words of the chunk, then single words; up to WMAX words)
+in registers for all its rows. The norms are computed by every CTA from the whole activation
 vector it stages in shared memory, and the normed input is rounded to the model dtype (as the PyTorch model rounds
 its norm's output before the linear). Phase B is ``ssm_step.py`` (same roundings; softplus threshold 20).
 
