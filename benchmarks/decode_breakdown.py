@@ -1,0 +1,79 @@
+"""Where a batch-1 decode step's time goes, kernel group by kernel group, inside CUDA graphs.
+
+    PYTHONPATH=src python benchmarks/decode_breakdown.py --preset 1.3b [--head int8] [--out b.json]
+
+Builds ``FastDecoder`` for a random ternary model of the preset's shape (the persistent step where "auto" takes it)
+and times graphs of growing prefixes of one step: the embedding; + the layers; + the head (final norm and
+logits); + sampling (greedy argmax); + appending the token (the whole step). Each graph holds ``--launches``
+copies of its prefix; median us per copy over ``--reps`` replays. The difference between consecutive prefixes is
+what that group adds to a step (launch gaps included).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+
+import torch
+
+
+def _time(fn, launches: int, reps: int) -> float:
+    fn()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(launches):
+            fn()
+    g.replay()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(reps):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        g.replay()
+        b.record()
+        b.synchronize()
+        out.append(a.elapsed_time(b) * 1000 / launches)
+    return statistics.median(out)
+
+
+@torch.no_grad()
+def main() -> None:
+    from ssmquant.bench.gpu import environment
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import FastDecoder
+    from ssmquant.quant.int8 import quantize_int8_
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--preset", default="1.3b")
+    ap.add_argument("--head", choices=["fp16", "int8"], default="fp16")
+    ap.add_argument("--launches", type=int, default=20)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    model = random_model(a.preset, weights="ternary")
+    if a.head == "int8":
+        quantize_int8_(model, embedding=True, head=True)
+    dec = FastDecoder(model, 1, 8)
+    dec.start(torch.randint(0, 50000, (1, 16), device="cuda"))
+    layers = dec.persistent if dec.persistent is not None else dec._layers
+    parts = [("embed", dec._embed), ("layers", layers), ("head", dec._head),
+             ("sample", dec._sample), ("append", dec._append)]
+    result = {"preset": a.preset, "head": a.head, "env": environment(),
+              "layers_kernel": "persistent" if dec.persistent is not None else "per_layer", "rows": {}}
+    prev = 0.0
+    for i in range(len(parts)):
+        fns = [f for _, f in parts[:i + 1]]
+        us = _time(lambda fns=fns: [f() for f in fns], a.launches, a.reps)
+        name = parts[i][0]
+        result["rows"][name] = {"prefix_us": us, "adds_us": us - prev}
+        print(f"+ {name:8s} prefix {us:8.1f} us   adds {us - prev:7.1f} us", flush=True)
+        prev = us
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()
