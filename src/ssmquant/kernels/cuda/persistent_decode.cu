@@ -37,6 +37,9 @@ typedef unsigned long long u64;
 #ifndef NO_SCALE_LOADS
 #define NO_SCALE_LOADS 0  // 1: every scale 1.0, not loaded (benchmarks/persistent_phases.py: what the loads cost)
 #endif
+#ifndef FIELDS
+#define FIELDS 16         // < 16: the products use only the first FIELDS fields of a word (wrong results;
+#endif                    // benchmarks/persistent_phases.py: what the products' arithmetic costs)
 // SPLIT_OUT=1: out_proj split by input columns instead of rows, which removes the grid barrier before it. The CTA
 // that computes an SSM item's CH channels of h multiplies them by the item's CH columns of out_proj for every
 // output row and adds the (DM,) partial sums into a global buffer by fp32 atomics; the gated norm's 1 / rms, a
@@ -476,7 +479,7 @@ __device__ __forceinline__ float word_dot(u32 word, X x) {
     const u32 hi = word >> 20;
     float acc = 0.f;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < FIELDS; ++j) {
         const u32 f = j < 11 ? (word & (3u << (2 * j))) : (hi & (3u << (2 * (j - 10))));
         acc = ffma(__uint_as_float(f), x(j), acc);
     }
