@@ -67,6 +67,20 @@ typedef unsigned long long u64;
 #ifndef SPLIT_PAIR
 #define SPLIT_PAIR 0
 #endif
+// LL_ZX=1 (with SPLIT_OUT, its default): no grid barrier between in_proj and the SSM step either. in_proj's outputs
+// are stored as 32-bit words {value (model dtype), epoch} (``zxl``), the epoch a 16-bit count of the layers run so
+// far by this decoder (``gen``: launches, kept in global memory); the SSM step spins on each word it needs until
+// its epoch is the layer's, so an item waits for the few CTAs that computed its rows, not for the whole grid, and no
+// release waits for the stores' acknowledgements (the flag travels with the data, as NCCL's LL protocol does). A
+// word is written once a layer, so a stale one holds the previous epoch. Every CTA passed the layer's first
+// barrier before its in_proj, so nothing overwrites a word before its readers have it (they arrive at the barrier
+// that ends the layer after their SSM step). The out_proj sums then take three buffers instead of two (zeroed a
+// layer later: see the main loop).
+#ifndef LL_ZX
+#define LL_ZX SPLIT_OUT
+#endif
+static_assert(!LL_ZX || SPLIT_OUT, "LL_ZX needs SPLIT_OUT (out_proj by rows has its barrier anyway)");
+constexpr int NBUF = LL_ZX ? 3 : 2;   // SPLIT_OUT's partial-sum buffers
 #if SPLIT_OUT
 constexpr int PAIR = SPLIT_PAIR ? 2 : 1;
 constexpr int SCOLS = PAIR * CH, SROWS = DM / PAIR;  // a CTA's block of out_proj: columns (the pair's), rows
@@ -114,6 +128,15 @@ __device__ __forceinline__ float ld_f(const float* p) {
     float v;
     asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
     return v;
+}
+// LL_ZX words: a relaxed (morally strong) 32-bit load / store, so that a spinning reader sees the writer's store.
+__device__ __forceinline__ u32 ld_ll(const u32* p) {
+    u32 v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+__device__ __forceinline__ void st_ll(u32* p, u32 v) {
+    asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" :: "l"(p), "r"(v) : "memory");
 }
 __device__ __forceinline__ float h2f(u16 h) {                    // an fp16 scale
     float f;
@@ -566,14 +589,25 @@ __device__ __forceinline__ float multi_warp_sum(float (&v)[R], int lane) {
 
 __host__ __device__ constexpr int pow2_at_least(int n) { return n <= 1 ? 1 : 2 * pow2_at_least((n + 1) / 2); }
 
-// out = W xs: rows of this CTA; RES: residual[row] += out (fp32), else zx[row] = out in the model dtype.
+// An in_proj output: zx[row] in the model dtype, or under LL_ZX the word {value, epoch} (``out`` is zxl).
+__device__ __forceinline__ void store_act(void* out, int row, float v, u32 epoch) {
+#if LL_ZX
+    st_ll(static_cast<u32*>(out) + row, (u32)f2act(v) | (epoch << 16));
+#else
+    static_cast<u16*>(out)[row] = f2act(v);
+#endif
+}
+
+// out = W xs: rows of this CTA; RES: residual[row] += out (fp32), else zx[row] = out in the model dtype
+// (store_act).
 // ``stage_in()`` writes the normed input to ``xs`` (stage, or stage_split's residual update first);
 // ``after_stage()`` runs once the activations are staged, before the products: where the kernel issues the
 // copies for later phases (see the main loop).
 template <class PJ, bool RES, int PENDING, class Stage, class Hook>
 __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* mbar, u32 parity,
-                                        const u16 (&sr)[PJ::MAXR][PJ::NPART], float* xs, float* part, u16* out_act,
-                                        float* out_res, float& res_own, u64* trace, int l, Hook after_stage) {
+                                        const u16 (&sr)[PJ::MAXR][PJ::NPART], float* xs, float* part, void* out_act,
+                                        u32 epoch, float* out_res, float& res_own, u64* trace, int l,
+                                        Hook after_stage) {
     stage_in();
     stamp(trace, l, RES ? 8 : 2);
     after_stage();
@@ -600,7 +634,7 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
     // register (``res_own``) across layers, so the update needs no read of global memory.
     constexpr bool DIRECT = PJ::NCH == 1 && !RES;
     if (lane % (32 / R) == 0 && i < PJ::MAXR && local < cnt && warp < PJ::NWG * PJ::NCH) {
-        if (DIRECT) out_act[rb + local] = f2act(sum);
+        if (DIRECT) store_act(out_act, rb + local, sum, epoch);
         else part[local * PJ::NCH + c] = sum;
     }
     if (!DIRECT) {
@@ -614,7 +648,7 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
                 res_own += t;
                 out_res[rb + l2] = res_own;
             } else {
-                out_act[rb + l2] = f2act(t);
+                store_act(out_act, rb + l2, t, epoch);
             }
         }
     }
@@ -733,7 +767,7 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
     if (SPLIT_OUT && t < CH * TPC && t % TPC == 0) pre.gw = __ldg(L.gnorm_w + item_channel(item, t / TPC));
 }
 
-__device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const u16* zx,
+__device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const void* zxv, u32 epoch,
                                            float* hbuf, float* hsm, u64* hbar, float* sm, bool tma,
                                            const void* stile, u64* mbar,
                                            u32 parity) {
@@ -748,14 +782,45 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     // Every load of in_proj's outputs first, then the arithmetic on them: one L2 round trip, not one per branch
     // (the loads are volatile and each branch waited for its own: 3 round trips).
     const int ch = item_channel(item, t < CH ? t : 0);
+    const int dt_row = 2 * E + 2 * NG * NS + hd;
     u16 raw_x = 0, raw_z = 0, raw_dt = 0, raw_bc[BCPER];
+#if LL_ZX
+    // Every word first (one L2 round trip when they are there), then each one again until its epoch is the layer's.
+    const u32* zl = static_cast<const u32*>(zxv);
+    u32 wx = 0, wz = 0, wdt = 0, wbc[BCPER];
+    if (t < CH) {
+        wx = ld_ll(zl + E + ch);
+        wz = ld_ll(zl + ch);
+    }
+#pragma unroll
+    for (int i = 0; i < BCPER; ++i) wbc[i] = t + i * NT < 2 * NS ? ld_ll(zl + E + bc_channel(item, t + i * NT)) : 0;
+    if (t == 0) wdt = ld_ll(zl + dt_row);
+    if (t < CH) {
+        while ((wx >> 16) != epoch) wx = ld_ll(zl + E + ch);
+        while ((wz >> 16) != epoch) wz = ld_ll(zl + ch);
+        raw_x = (u16)wx;
+        raw_z = (u16)wz;
+    }
+#pragma unroll
+    for (int i = 0; i < BCPER; ++i) {
+        if (t + i * NT < 2 * NS)
+            while ((wbc[i] >> 16) != epoch) wbc[i] = ld_ll(zl + E + bc_channel(item, t + i * NT));
+        raw_bc[i] = (u16)wbc[i];
+    }
+    if (t == 0) {
+        while ((wdt >> 16) != epoch) wdt = ld_ll(zl + dt_row);
+        raw_dt = (u16)wdt;
+    }
+#else
+    const u16* zx = static_cast<const u16*>(zxv);
     if (t < CH) {
         raw_x = ld_h(zx + E + ch);
         raw_z = ld_h(zx + ch);
     }
 #pragma unroll
     for (int i = 0; i < BCPER; ++i) raw_bc[i] = t + i * NT < 2 * NS ? ld_h(zx + E + bc_channel(item, t + i * NT)) : 0;
-    if (t == 0) raw_dt = ld_h(zx + 2 * E + 2 * NG * NS + hd);
+    if (t == 0) raw_dt = ld_h(zx + dt_row);
+#endif
     if (t < CH) {
         L.ring[ch * DCONV + slot] = raw_x;
         sm_x[t] = rnd(conv_out(pre.xr, pre.xw, pre.xb, act2f(raw_x)));
@@ -968,7 +1033,7 @@ extern "C" __global__ void __launch_bounds__(NT, 1)
 __cluster_dims__(2, 1, 1)
 #endif
 persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, float* hbuf,
-                  const int* __restrict__ pos, u32* bar, float* sums, float eps, u64* trace) {
+                  const int* __restrict__ pos, u32* bar, float* sums, float eps, u64* trace, u32* zxl, u32* genp) {
     // Cycle -> time calibration for the trace: (clock, globaltimer) at the start and at the end.
     if (trace != nullptr && threadIdx.x == 0) {
         trace[(long long)blockIdx.x * NL * NTRACE + 10] = clock64();
@@ -1004,10 +1069,17 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     const bool has_item = (int)blockIdx.x < NITEMS;
     const int cta = blockIdx.x;
 #if SPLIT_OUT
-    // ``sums``: out_proj's partial sums, (2, NG, DM) by layer parity, then the gated norm's sums of squares (2, NG);
-    // zero at the launch (with the counter). Layer l adds into parity l & 1; every CTA reads it after the barrier
-    // that ends layer l; after the next layer's in_proj barrier nobody reads it, and its slices are zeroed there for
-    // layer l + 2 (ordered before that layer's additions by the barriers between).
+    // ``sums``: out_proj's partial sums, (NBUF, NG, DM), then the gated norm's sums of squares (NBUF, NG); zero at
+    // the launch (with the counter). Layer l adds into buffer l % NBUF; every CTA reads it after the barrier that
+    // ends layer l. NBUF = 2: after the next layer's in_proj barrier nobody reads it, and its slices are zeroed
+    // there for layer l + 2 (ordered before that layer's additions by the barriers between). LL_ZX (no such
+    // barrier), NBUF = 3: zeroed during layer l + 2, after the barrier that ends layer l + 1 (every CTA has staged
+    // layer l + 2's input from buffer l + 1 before it, and read buffer l before that), for layer l + 3, whose
+    // additions follow the barrier that ends layer l + 2.
+    // LL_ZX: layer l's epoch, (gen NL + l + 1) mod 2**16 (0 is the zeroed words' before the first launch).
+    const u32 gen = LL_ZX ? ld_ll(genp) : 0u;
+    auto epoch_of = [&](int l) { return (u32)(gen * NL + l + 1) & 0xffffu; };
+    void* zx_out = LL_ZX ? static_cast<void*>(zxl) : static_cast<void*>(zx);
     float4 res[NormW<PA>::PER];                      // the thread's elements of the residual, across layers
     load_vec<PA>(residual, res);
     float res_own = 0.f;                             // (project's out_proj register: unused here)
@@ -1017,8 +1089,17 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     for (int l = 0; l < NL; ++l) {
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
         const u32 parity = l & 1;
-        float* sums_l = sums + parity * NG * DM;
-        float* ss_l = sums + 2 * NG * DM + parity * NG;
+        const int b = l % NBUF, bp = (l + NBUF - 1) % NBUF;     // this layer's sums, the previous layer's
+        float* sums_l = sums + b * NG * DM;
+        float* ss_l = sums + NBUF * NG * DM + b * NG;
+        // Zero buffer zb's slice of this CTA (see ``sums`` above).
+        auto zero_sums = [&](int zb) {
+            float* z = sums + zb * NG * DM;
+            const int i0 = (NG * DM / 4) * cta / GRID, i1 = (NG * DM / 4) * (cta + 1) / GRID;
+            for (int i = i0 + threadIdx.x; i < i1; i += NT)
+                reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (cta == 0 && threadIdx.x < NG) sums[NBUF * NG * DM + zb * NG + threadIdx.x] = 0.f;
+        };
         // ---- A: in_proj, after the previous layer's out_proj
         if (!LATE_LOADS || l == 0) prefetch_norm<PA>(L.norm_w, na);
         stamp(trace, l, 0);
@@ -1032,27 +1113,26 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         };
         // The residual += the previous layer's out_proj, then in_proj's RMSNorm of it.
         auto stage_a = [&] {
-            if (l > 0) add_out(res, sums + (parity ^ 1) * NG * DM, sums + 2 * NG * DM + (parity ^ 1) * NG, eps);
+            if (l > 0) add_out(res, sums + bp * NG * DM, sums + NBUF * NG * DM + bp * NG, eps);
             norm_to_shared<PA, 1>(res, na, eps, xs, red);
         };
-        project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx, nullptr, res_own, trace, l, issue_bc);
-        arrive(bar);
-        ++nbar;
+        project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx_out, epoch_of(l), nullptr, res_own,
+                              trace, l, issue_bc);
+        if (!LL_ZX) {
+            arrive(bar);
+            ++nbar;
+        } else if (l > 0) {
+            zero_sums((l + 1) % NBUF);
+        }
         stamp(trace, l, 3);
         if (LATE_LOADS && l + 1 < NL) {
             load_scales<PA>(Ln.in_s, sa);
             prefetch_norm<PA>(Ln.norm_w, na);
         }
         // ---- B: conv + SSM step + gate, and out_proj by item
-        wait(bar, nbar * GRID);
+        if (!LL_ZX) wait(bar, nbar * GRID);
         stamp(trace, l, 5);
-        if (l > 0) {                                  // the sums of layer l - 1 are read by now: zero them for l + 1
-            float* z = sums + (parity ^ 1) * NG * DM;
-            const int zb = (NG * DM / 4) * cta / GRID, ze = (NG * DM / 4) * (cta + 1) / GRID;
-            for (int i = zb + threadIdx.x; i < ze; i += NT)
-                reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (cta == 0 && threadIdx.x < NG) sums[2 * NG * DM + (parity ^ 1) * NG + threadIdx.x] = 0.f;
-        }
+        if (!LL_ZX && l > 0) zero_sums(bp);           // the sums of layer l - 1 are read by now: zero them for l + 1
         // The next in_proj's words (A's buffer is free), by default now, before the SSM step: issued after it they
         // were still landing when the barrier that ends the layer was released, which waited for them (9.83
         // against 9.40 us a layer at 1.3B; issued after that barrier's arrival, in_proj waited for them instead).
@@ -1064,7 +1144,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         for (int item = blockIdx.x; item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
+            ssm_finish(L, item, T, pre, zx_out, epoch_of(l), hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2],
+                       parity);
             if (!(TMA && first)) ssm_store(L, item, pre);
             const int grp = item / (P / CH) / (NH / NG);
             if (threadIdx.x < 32) {                   // the item's share of its group's sum of squares
@@ -1101,8 +1182,9 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     // The last layer's out_proj into the residual, written back by CTA 0 for the head.
     wait(bar, nbar * GRID);
     if (cta == 0) {
-        const int pl = (NL - 1) & 1;
-        add_out(res, sums + pl * NG * DM, sums + 2 * NG * DM + pl * NG, eps);
+        const int pl = (NL - 1) % NBUF;
+        add_out(res, sums + pl * NG * DM, sums + NBUF * NG * DM + pl * NG, eps);
+        if (LL_ZX && threadIdx.x == 0) st_ll(genp, gen + 1);   // every CTA has read ``gen`` before the barrier
 #pragma unroll
         for (int i = 0; i < NormW<PA>::PER; ++i) {
             const int k4 = threadIdx.x + i * NT;
@@ -1141,7 +1223,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         };
         if (PHASES & 1) {
             project<PA, false, 0>([&] { stage<PA, 1>(residual, na, eps, xs, red); }, wa, &mbar[0], parity, sa, xs,
-                                  part, zx, nullptr, res_own, trace, l, issue_bc);
+                                  part, zx, 0u, nullptr, res_own, trace, l, issue_bc);
         } else {
             issue_bc();
             words_wait<0>(&mbar[0], parity);       // (timing variants: the copies complete before the next ones)
@@ -1156,7 +1238,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         for (int item = blockIdx.x; (PHASES & 2) && item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
+            ssm_finish(L, item, T, pre, zx, 0u, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
             // The first item's state is written back during out_proj (TMA store on sm_90, else from registers if
             // it is the last one); any other item's now.
             if (TMA ? !first : item != last_item) ssm_store(L, item, pre);
@@ -1188,7 +1270,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         };
         if (PHASES & 4) {
             project<PC, true, 1>([&] { stage<PC, NG>(hbuf, nc, eps, xs, red); }, wc, &mbar[1], parity, sc, xs, part,
-                                 nullptr, residual, res_own, trace, l, issue_a);
+                                 nullptr, 0u, residual, res_own, trace, l, issue_a);
         } else {
             issue_a();
             words_wait<1>(&mbar[1], parity);

@@ -311,10 +311,14 @@ class PersistentDecodeStep:
             rows.append([t.data_ptr() for t in ts])
         # The kernel reads the tensors through this table of pointers: the decoder keeps the tensors alive.
         self.table = torch.tensor(rows, dtype=torch.int64, device=dev)
-        # Zeroed by one memset per launch: the barrier counter, then (at 128 bytes) split_out's sums, (2, ngroups,
-        # d_model) fp32 partial sums of out_proj and (2, ngroups) sums of squares of h (see the .cu).
+        # Zeroed by one memset per launch: the barrier counter, then (at 128 bytes) split_out's sums, (3, ngroups,
+        # d_model) fp32 partial sums of out_proj and (3, ngroups) sums of squares of h (the .cu uses 2 or 3, NBUF).
         ng = cfg.ngroups
-        self.sync = torch.zeros(32 + 2 * ng * cfg.d_model + 2 * ng, dtype=torch.int32, device=dev)
+        self.sync = torch.zeros(32 + 3 * ng * cfg.d_model + 3 * ng, dtype=torch.int32, device=dev)
+        # split_out (LL_ZX in the .cu): in_proj's outputs as {value, epoch} words, and the launches so far (never
+        # reset: the epochs go on across launches).
+        self.zxl = torch.zeros(win.shape[0], dtype=torch.int32, device=dev)
+        self.gen = torch.zeros(1, dtype=torch.int32, device=dev)
         self.bar, self.sums = self.sync[:1], self.sync[32:].view(torch.float32)
         self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
         self.kernel = get_kernel(_source(), "persistent_decode", self.options)
@@ -336,7 +340,8 @@ class PersistentDecodeStep:
         self.sync.zero_()
         p = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
         args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
-                ctypes.c_float(self.eps), ctypes.c_void_p(trace.data_ptr() if trace is not None else 0)]
+                ctypes.c_float(self.eps), ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), p(self.zxl),
+                p(self.gen)]
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
