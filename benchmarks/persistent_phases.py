@@ -7,7 +7,8 @@ and times the kernel alone in a CUDA graph (``--launches`` launches per replay, 
 compiled with the debugging constants of ``persistent_decode.cu``: ``PHASES`` (bit 0 in_proj, 1 SSM step,
 2 out_proj; 0 = barriers and the copies to shared memory only), ``LATE_LOADS=0`` (scales and norm weights
 loaded next to the words' copies and before each wait), ``NO_SCALE_LOADS=1`` (scales not loaded at all);
-``-DSPLIT_OUT=1`` in a variant builds the step with out_proj split by SSM item (``split_out=True``), combinable
+``-DSPLIT_OUT=1`` in a variant builds the step with out_proj split by SSM item (``split_out=True``; ``-DSPLIT_PAIR=1``
+by pairs, ``-DLOCAL_ROWS=1`` with in_proj by item too, ``-DLL_ZX=0`` with a barrier before the SSM step), combinable
 with the others (``--variant NAME=-DSPLIT_OUT=1,-DPHASES=1``; PHASES does not switch the split step's phases).
 The variants with phases off compute garbage; only
 their time means something. Also times the per-layer step's kernels (``FastDecoder`` without it) the same way.
@@ -31,8 +32,9 @@ VARIANTS = {
     "early_loads": ("-DLATE_LOADS=0",),
     "out_split": ("-DSPLIT_OUT=1",),        # out_proj split by SSM item (built with split_out=True)
     "out_split_pair": ("-DSPLIT_OUT=1", "-DSPLIT_PAIR=1"),   # ... by pairs of items (pair=True)
+    "local_rows_pair": ("-DSPLIT_OUT=1", "-DSPLIT_PAIR=1", "-DLOCAL_ROWS=1"),   # + in_proj by item (local_rows=True)
 }
-SPLIT, PAIR = "-DSPLIT_OUT=1", "-DSPLIT_PAIR=1"
+SPLIT, PAIR, LOCAL = "-DSPLIT_OUT=1", "-DSPLIT_PAIR=1", "-DLOCAL_ROWS=1"
 
 
 def _time(fn, launches: int, reps: int) -> float:
@@ -137,7 +139,8 @@ def main() -> None:
     def build(opts):
         return PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
                                     h=dec.h, pos=dec.pos, eps=cfg.norm_eps, split_out=SPLIT in opts,
-                                    pair=PAIR in opts, extra_options=tuple(o for o in opts if o not in (SPLIT, PAIR)))
+                                    pair=PAIR in opts, local_rows=LOCAL in opts,
+                                    extra_options=tuple(o for o in opts if o not in (SPLIT, PAIR, LOCAL)))
 
     for name, opts in variants.items():
         step = build(opts)

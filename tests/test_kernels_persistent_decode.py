@@ -156,6 +156,30 @@ def test_auto_split_on_the_published_shapes():
     assert auto_split(cfg(2048, 64), SimpleNamespace(group_size=48), 132, (9, 0)) is False
 
 
+def test_local_rows_on_the_published_shapes():
+    """in_proj by SSM item where every CTA has one item of >= 32 channels and no warp gets more rows (1.3B); not for
+    items of 16 channels (370m, measured slower), where an item's own rows outnumber a CTA's share (130m, 2.7B),
+    items outnumber CTAs, or out_proj is by rows; each refusal named."""
+    from ssmquant.kernels.cuda.persistent_decode import (
+        auto_local_rows,
+        local_rows_error,
+        local_rows_per_cta,
+    )
+    from ssmquant.model.config import preset_config
+
+    out = SimpleNamespace(group_size=128)
+    for preset, want in (("130m", False), ("370m", False), ("1.3b", True), ("2.7b", False)):
+        cfg = preset_config(preset)
+        assert auto_local_rows(cfg, out, 132, True) is want, preset
+        assert not auto_local_rows(cfg, out, 132, False)
+    assert not auto_local_rows(preset_config("1.3b"), SimpleNamespace(group_size=48), 132, True)   # cannot split
+    cfg = preset_config("1.3b")
+    assert local_rows_per_cta(cfg, 132) == 2 + 32 + 32 + 1        # B / C share, z, x, dt
+    assert "split" in local_rows_error(cfg, 132, False)
+    assert "64 SSM items on 48 CTAs" in local_rows_error(cfg, 48, True)
+    assert local_rows_error(preset_config("2.7b"), 132, True) is None     # can run; "auto" declines it
+
+
 def test_fast_decoder_persistent_option_on_cpu():
     """Where the kernel cannot run, "auto" falls back to the per-layer step and True says why; other values fail."""
     from ssmquant.kernels.fast_decode import FastDecoder
@@ -170,6 +194,10 @@ def test_fast_decoder_persistent_option_on_cpu():
         FastDecoder(m, 1, 4, gemv_configs={"persistent": "yes"})
     with pytest.raises(ValueError, match="out_split"):
         FastDecoder(m, 1, 4, gemv_configs={"out_split": "yes"})
+    with pytest.raises(ValueError, match="local_rows"):
+        FastDecoder(m, 1, 4, gemv_configs={"local_rows": 2})
+    with pytest.raises(ValueError, match="persistent_grid"):
+        FastDecoder(m, 1, 4, gemv_configs={"persistent_grid": 0})
 
 
 def test_auto_falls_back_with_a_warning_when_the_step_cannot_be_built(monkeypatch):
@@ -269,6 +297,32 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype, split):
     eager = pers.generate(prompt, 12, use_graph=False)
     graphed = pers.generate(prompt, 12, use_graph=True)
     assert torch.equal(eager, graphed)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("local_rows", [False, True])
+def test_persistent_step_local_rows_gpu(local_rows):
+    """1.3B-wide, out_proj by pairs: in_proj by SSM item (each item's z / x / dt rows in its CTA's shared memory, B /
+    C rows as early LL words) or by rows, against the per-layer step and the model."""
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    _need_kernel()
+    m = random_model("1.3b", weights="ternary", n_layer=2)
+    g = torch.Generator().manual_seed(2)
+    prompt = torch.randint(0, 50000, (1, 5), generator=g).cuda()
+    forced = torch.randint(0, 50000, (1, 6), generator=g).cuda()
+    pers = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": "pair", "local_rows": local_rows})
+    per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
+    assert pers.persistent.local_rows is local_rows
+    a = pers.teacher_forced_logits(prompt, forced)
+    b = per_layer.teacher_forced_logits(prompt, forced)
+    assert rel_err(a, b) < 2e-3, rel_err(a, b)
+    for s1, s2 in zip(pers.states, per_layer.states):
+        assert rel_err(s1, s2) < 2e-3
+    for r1, r2 in zip(pers.rings, per_layer.rings):
+        assert rel_err(r1, r2) < 2e-3
+    assert torch.equal(pers.generate(prompt, 12, use_graph=False), pers.generate(prompt, 12, use_graph=True))
 
 
 @pytest.mark.gpu

@@ -90,26 +90,28 @@ def _chunk_words(K: int) -> int:
     return 32 * _cdiv(_cdiv(K // 16, _chunks(K)), 32)
 
 
-def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
-    """Most rows of an (N, K) projection one warp reads (``Proj::MAXR`` in the .cu)."""
-    return _cdiv(_cdiv(N, grid), warps // _chunks(K))
+def rows_per_warp(N: int, K: int, warps: int, grid: int, rpc: int | None = None) -> int:
+    """Most rows of an (N, K) projection one warp reads (``Proj::MAXR`` in the .cu), with ``rpc`` rows a CTA at most
+    (default: N over the grid)."""
+    return _cdiv(rpc or _cdiv(N, grid), warps // _chunks(K))
 
 
-def proj_words(N: int, K: int, warps: int, grid: int) -> int:
+def proj_words(N: int, K: int, warps: int, grid: int, rpc: int | None = None) -> int:
     """Words of a CTA's shared-memory buffer for an (N, K) projection (``Proj::WORDS``): every row its warps may
     read, K / 16 words each, and a partial last chunk's reach past the last one."""
     kwt, nch = K // 16, _chunks(K)
-    return 4 * _cdiv(rows_per_warp(N, K, warps, grid) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
+    return 4 * _cdiv(rows_per_warp(N, K, warps, grid, rpc) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
 
 
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
-                 out_group: int = 64, pair: bool = False) -> int:
+                 out_group: int = 64, pair: bool = False, local_rows: bool = False) -> int:
     """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA (with ``split_out``,
     in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs; with ``pair``
-    the columns of two items for half the rows) and one SSM item's state tile (``state_bytes`` per element)."""
+    the columns of two items for half the rows; with ``local_rows``, in_proj's rows of :func:`local_rows_per_cta`)
+    and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
     ch, _ = model_ssm_item(cfg, grid)
-    in_b = 4 * proj_words(d_in_proj, cfg.d_model, nw, grid)
+    in_b = 4 * proj_words(d_in_proj, cfg.d_model, nw, grid, local_rows_per_cta(cfg, grid) if local_rows else None)
     if split_out:
         cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
         out_b = rows * (cols // 16) * 4 + max(1, cols // out_group) * rows * 2
@@ -138,6 +140,46 @@ def split_error(cfg, out_w: GemvTernaryWeight, grid: int, pair: bool = False,
         if items > grid or grid % 2 or (cfg.d_inner // cfg.ngroups) % cols:
             return f"{items} SSM items on {grid} CTAs (pairs need an item per CTA, an even grid, whole norm groups)"
     return None
+
+
+def local_rows_per_cta(cfg, grid: int) -> int:
+    """in_proj rows of a CTA with ``local_rows`` (``LMAX`` in the .cu): its share of the B / C rows, then its SSM
+    item's z, x and dt rows."""
+    ch, _ = model_ssm_item(cfg, grid)
+    return _cdiv(2 * cfg.ngroups * cfg.d_state, grid) + 2 * ch + 1
+
+
+def local_rows_error(cfg, grid: int, split_out: bool) -> str | None:
+    """Why in_proj cannot be computed by SSM item (``local_rows``: each item's CTA computes the item's own z / x /
+    dt rows into shared memory, every CTA a share of the B / C rows, first), or None."""
+    if not split_out:
+        return "needs out_proj split by SSM item"
+    ch, _ = model_ssm_item(cfg, grid)
+    items = cfg.nheads * (cfg.headdim // ch)
+    if items > grid:
+        return f"{items} SSM items on {grid} CTAs (one a CTA at most)"
+    if _chunks(cfg.d_model) != 1:
+        return f"d_model={cfg.d_model}: in_proj rows of more than {32 * WMAX} words"
+    if _cdiv(2 * cfg.ngroups * cfg.d_state, grid) > warps_per_cta(cfg.d_model, cfg.d_inner):
+        return "more B / C rows a CTA than warps"
+    return None
+
+
+LOCAL_MIN_CH = 32    # "auto" computes in_proj by SSM item only for items of at least this many channels
+
+
+def auto_local_rows(cfg, out_w: GemvTernaryWeight, grid: int, split_out: bool) -> bool:
+    """``FastDecoder``'s "auto": ``local_rows`` (with out_proj by item, not by pairs) where it can run, a warp reads
+    no more in_proj rows than by rows, and the items have at least :data:`LOCAL_MIN_CH` channels. Measured on an
+    H100, the kernel alone in us a layer (``benchmarks/persistent_phases.py``, run 28): 1.3B (items of 32 channels,
+    67 rows a CTA instead of 65, 9 a warp either way) 8.65 against 9.15 by pairs without it; 370m (items of 16
+    channels) 6.32 against 5.91 by pairs, so not there; 130m would read 35 rows a CTA instead of 26."""
+    if local_rows_error(cfg, grid, split_out) is not None or split_error(cfg, out_w, grid) is not None:
+        return False
+    nw = warps_per_cta(cfg.d_model, cfg.d_inner)
+    return model_ssm_item(cfg, grid)[0] >= LOCAL_MIN_CH \
+        and rows_per_warp(cfg.d_in_proj, cfg.d_model, nw, grid, local_rows_per_cta(cfg, grid)) \
+        <= rows_per_warp(cfg.d_in_proj, cfg.d_model, nw, grid)
 
 
 PAIR_MAX_COLS = 64   # "auto" pairs SSM items only while a pair's block has at most this many columns
@@ -277,7 +319,8 @@ class PersistentDecodeStep:
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")
 
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
-                 pair: bool = False, grid: int | None = None, extra_options: tuple[str, ...] = ()):
+                 pair: bool = False, local_rows: bool = False, grid: int | None = None,
+                 extra_options: tuple[str, ...] = ()):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -289,6 +332,9 @@ class PersistentDecodeStep:
         cap = torch.cuda.get_device_capability(dev)
         if split_out and (err := split_error(cfg, wout, self.grid, self.pair, cap)) is not None:
             raise ValueError(f"persistent step, split out_proj: {err}")
+        self.local_rows = local_rows
+        if local_rows and (err := local_rows_error(cfg, self.grid, split_out)) is not None:
+            raise ValueError(f"persistent step, in_proj by SSM item: {err}")
         # split_out: out_proj again in the split layout (the per-layer kernels keep the GEMV layout).
         self.split = [split_layout(L.out_w, ch * (1 + self.pair)) if split_out else (L.out_w.words, L.out_w.scale)
                       for L in layers]
@@ -299,7 +345,8 @@ class PersistentDecodeStep:
             f"-DDIP={win.shape[0]}", f"-DGIN={win.group_size}", f"-DKBIN={win.block}", f"-DGOUT={wout.group_size}",
             f"-DKBOUT={wout.block}", f"-DNW={nw}", f"-DGRID={self.grid}", f"-DCH={ch}", f"-DTPC={tpc}",
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
-            f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}", *extra_options]
+            f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
+            f"-DLOCAL_ROWS={int(local_rows)}", *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
@@ -323,7 +370,7 @@ class PersistentDecodeStep:
         self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
         self.kernel = get_kernel(_source(), "persistent_decode", self.options)
         self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size(), split_out,
-                                 wout.group_size, self.pair)
+                                 wout.group_size, self.pair, local_rows)
         if self.kernel.static_smem > STATIC_SMEM_MAX:
             raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
         # One CTA per SM must fit (registers, shared memory), or the grid barriers could never complete; the
@@ -345,5 +392,5 @@ class PersistentDecodeStep:
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
-__all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "persistent_error",
-           "split_error", "split_layout", "ssm_item", "warps_per_cta"]
+__all__ = ["AUTO_MAX_ROWS", "LOCAL_MIN_CH", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_local_rows", "auto_split",
+           "local_rows_error", "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
