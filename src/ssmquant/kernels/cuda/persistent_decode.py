@@ -27,7 +27,7 @@ its norm's output before the linear). Phase B is ``ssm_step.py`` (same roundings
 
 Split out_proj (``split_out``, ``FastDecoder``'s default where :func:`auto_split` allows). C runs in the CTA that
 has just computed an SSM item's h, over the item's columns of out_proj (:func:`split_layout`) for every output row,
-adding the partial sums into a global (2, ngroups, d_model) fp32 buffer by atomics; the gated norm's 1 / rms (a
+adding the partial sums into a global (3, ngroups, d_model) fp32 buffer by atomics; the gated norm's 1 / rms (a
 scalar per group, from sums of squares added the same way) is applied by every CTA when it stages the next in_proj,
 and every CTA keeps the whole residual in registers. That removes the barrier before C: two a layer. With ``pair``
 (sm_90, one item per CTA) the CTAs of items 2k and 2k + 1 run as a cluster of two, send each other their h through
@@ -36,14 +36,25 @@ the pair's columns: half the atomics (1.3B on an H100: 9.35 against 9.38 us a la
 atomics' order varies, so the logits are not bitwise reproducible, and the gated norm's output is not rounded to the
 model dtype before the product (the sums are scaled after it).
 
+With the split, A and B are not separated by a barrier either (``LL_ZX`` in the .cu): A stores its outputs as
+32-bit words {value, epoch} (``zxl``; the 16-bit epoch counts layers over the launches, ``gen``), and B spins on
+each word it needs until it carries the layer's epoch (NCCL's LL protocol): an item waits only for the CTAs that
+computed its rows, and no release waits for the stores. One grid barrier a layer (1.3B: 9.53 -> 8.95 us a layer
+by pairs). ``local_rows`` (:func:`auto_local_rows`: 1.3B) goes further: the CTA of an item computes the item's
+own z, x and dt rows of in_proj into shared memory, and every CTA a share of the B / C rows first, stored as LL
+words as soon as each is reduced (9.15 by pairs -> 8.65 by item with it).
+
 Memory ordering. Outputs of a phase are read by other SMs after a barrier: writes, ``bar.sync``, then thread 0's
 release increment of a global counter (cumulative over what ``bar.sync`` made it observe); readers spin with
 acquire loads, then ``bar.sync``; data written during the kernel is read at L2 (``ld.global.cg``), never through
 L1 or the read-only path. The state write-back by TMA store is not ordered by the release, and needs not be:
 nothing reads it before the next launch. The counter
 (one int32) and the split's buffer are zeroed by one memset before each launch, so the kernel is captured in a CUDA
-graph like the rest; the split's buffer of layer l is zeroed again inside the kernel after the barrier that follows
-its last reads, for layer l + 2.
+graph like the rest; the split's buffer of layer l is zeroed again inside the kernel once every CTA has read it
+(after the barrier that ends layer l + 1), for layer l + 3. The LL words need no ordering beyond their own
+atomicity (relaxed 32-bit stores and loads); a word is rewritten every layer, so a stale one holds the previous
+epoch, and nothing overwrites it before its readers have it (they arrive at the layer's last barrier after their
+SSM step). The launch counter is incremented by CTA 0 after the last barrier, when every CTA has read it.
 
 Limits (:func:`persistent_error` says which one a model hits): batch 1; every in_proj / out_proj a 2-bit ternary
 ``GemvTernaryWeight`` with pack blocks of >= 64 inputs; fp16 or bf16 activations; a CUDA device of compute
