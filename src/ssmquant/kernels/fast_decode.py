@@ -135,8 +135,10 @@ class FastDecoder:
     here; 1 = one bit per weight, half the bytes) and "persistent" (batch 1: every layer of the step in one
     persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run and is faster
     (``persistent_decode.auto_declines``), True (error where it cannot run) or False), "out_split" (the persistent
-    kernel's out_proj split by SSM item, fp32 atomics, one grid barrier a layer fewer: "auto" (default: by pairs
-    of items where they can run, else by item where a CTA has one, else by rows: ``persistent_decode.auto_split``),
+    kernel's out_proj split by SSM item, fp32 atomics; with it neither out_proj nor the SSM step waits for a grid
+    barrier (the SSM step spins on in_proj's outputs): one a layer instead of three. "auto" (default: by item where
+    "local_rows" is taken, else by pairs of items where they can run, else by item where a CTA has one, else by
+    rows: ``persistent_decode.auto_split``),
     True (by item), "pair" (by pairs of items, clusters of two CTAs: half the atomics; sm_90) or False (by rows).
     Split, the order of the atomics' sums varies from run to run, so logits are not bitwise reproducible (they stay
     within the per-layer kernels' tolerance of the model), and out_proj is kept a second time in the split layout
