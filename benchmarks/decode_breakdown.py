@@ -13,29 +13,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 
 import torch
-
-
-def _time(fn, launches: int, reps: int) -> float:
-    fn()
-    torch.cuda.synchronize()
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for _ in range(launches):
-            fn()
-    g.replay()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        g.replay()
-        b.record()
-        b.synchronize()
-        out.append(a.elapsed_time(b) * 1000 / launches)
-    return statistics.median(out)
+from persistent_phases import _time  # (this folder: the same graph timing)
 
 
 @torch.no_grad()

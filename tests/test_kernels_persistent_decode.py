@@ -247,6 +247,19 @@ def _models():
     }
 
 
+def _check_against_per_layer(pers, per_layer, prompt, forced):
+    """Teacher-forced logits, SSM states and conv rings of the persistent step within 2e-3 of the per-layer step's
+    (the rings hold raw in_proj outputs, whose normed input is rounded differently). Returns the logits."""
+    a = pers.teacher_forced_logits(prompt, forced)
+    b = per_layer.teacher_forced_logits(prompt, forced)
+    assert rel_err(a, b) < 2e-3, rel_err(a, b)
+    for s1, s2 in zip(pers.states, per_layer.states):
+        assert rel_err(s1, s2) < 2e-3
+    for r1, r2 in zip(pers.rings, per_layer.rings):
+        assert rel_err(r1, r2) < 2e-3
+    return a
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name", ["tiny_ngroups2", "tiny_ngroups2_grid4", "130m_2layers", "1.3b_3layers",
                                   "2.7b_2layers"])
@@ -282,13 +295,7 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype, split):
     assert pers.persistent.grid == grid_or_sms
     step = pers.persistent
     assert step.kernel.blocks_per_sm(step.threads, step.smem) >= 1   # the whole grid is resident
-    a = pers.teacher_forced_logits(prompt, forced)
-    b = per_layer.teacher_forced_logits(prompt, forced)
-    assert rel_err(a, b) < 2e-3, rel_err(a, b)
-    for s1, s2 in zip(pers.states, per_layer.states):
-        assert rel_err(s1, s2) < 2e-3
-    for r1, r2 in zip(pers.rings, per_layer.rings):
-        assert rel_err(r1, r2) < 2e-3     # raw in_proj outputs: the normed input is rounded differently
+    a = _check_against_per_layer(pers, per_layer, prompt, forced)
     with torch.no_grad():
         cache = m.allocate_cache(1)
         m(prompt, cache)
@@ -315,13 +322,7 @@ def test_persistent_step_local_rows_gpu(local_rows):
     pers = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": "pair", "local_rows": local_rows})
     per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
     assert pers.persistent.local_rows is local_rows
-    a = pers.teacher_forced_logits(prompt, forced)
-    b = per_layer.teacher_forced_logits(prompt, forced)
-    assert rel_err(a, b) < 2e-3, rel_err(a, b)
-    for s1, s2 in zip(pers.states, per_layer.states):
-        assert rel_err(s1, s2) < 2e-3
-    for r1, r2 in zip(pers.rings, per_layer.rings):
-        assert rel_err(r1, r2) < 2e-3
+    _check_against_per_layer(pers, per_layer, prompt, forced)
     assert torch.equal(pers.generate(prompt, 12, use_graph=False), pers.generate(prompt, 12, use_graph=True))
 
 
