@@ -6,7 +6,8 @@
 //   A: zx = in_proj(rmsnorm(residual))                     rows split over the CTAs, a warp per row and chunk
 //   B: conv + SSM state update + gate -> h                 an item = CH channels of one head per CTA
 //   C: residual += out_proj(gated_rmsnorm(h))              as A
-// separated by grid barriers (a counter in global memory, zeroed before the launch). What a phase needs that
+// separated by grid barriers (a counter in global memory, zeroed before the launch; with SPLIT_OUT, C runs in B's
+// CTA by SSM item and LL_ZX replaces the barrier between A and B: one barrier a layer). What a phase needs that
 // predates the step (weights, scales, SSM states, the conv ring's older taps) is copied to shared memory (TMA on
 // sm_90, cp.async before) or loaded into registers while an earlier phase computes: out_proj's words and the
 // state during in_proj, the next in_proj's words during out_proj, each issued after that phase has read its
