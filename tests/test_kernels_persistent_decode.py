@@ -156,30 +156,6 @@ def test_auto_split_on_the_published_shapes():
     assert auto_split(cfg(2048, 64), SimpleNamespace(group_size=48), 132, (9, 0)) is False
 
 
-def test_local_rows_on_the_published_shapes():
-    """in_proj by SSM item where every CTA has one item of >= 32 channels and no warp gets more rows (1.3B); not for
-    items of 16 channels (370m, measured slower), where an item's own rows outnumber a CTA's share (130m, 2.7B),
-    items outnumber CTAs, or out_proj is by rows; each refusal named."""
-    from ssmquant.kernels.cuda.persistent_decode import (
-        auto_local_rows,
-        local_rows_error,
-        local_rows_per_cta,
-    )
-    from ssmquant.model.config import preset_config
-
-    out = SimpleNamespace(group_size=128)
-    for preset, want in (("130m", False), ("370m", False), ("1.3b", True), ("2.7b", False)):
-        cfg = preset_config(preset)
-        assert auto_local_rows(cfg, out, 132, True) is want, preset
-        assert not auto_local_rows(cfg, out, 132, False)
-    assert not auto_local_rows(preset_config("1.3b"), SimpleNamespace(group_size=48), 132, True)   # cannot split
-    cfg = preset_config("1.3b")
-    assert local_rows_per_cta(cfg, 132) == 2 + 32 + 32 + 1        # B / C share, z, x, dt
-    assert "split" in local_rows_error(cfg, 132, False)
-    assert "64 SSM items on 48 CTAs" in local_rows_error(cfg, 48, True)
-    assert local_rows_error(preset_config("2.7b"), 132, True) is None     # can run; "auto" declines it
-
-
 def test_fast_decoder_persistent_option_on_cpu():
     """Where the kernel cannot run, "auto" falls back to the per-layer step and True says why; other values fail."""
     from ssmquant.kernels.fast_decode import FastDecoder
@@ -194,8 +170,8 @@ def test_fast_decoder_persistent_option_on_cpu():
         FastDecoder(m, 1, 4, gemv_configs={"persistent": "yes"})
     with pytest.raises(ValueError, match="out_split"):
         FastDecoder(m, 1, 4, gemv_configs={"out_split": "yes"})
-    with pytest.raises(ValueError, match="local_rows"):
-        FastDecoder(m, 1, 4, gemv_configs={"local_rows": 2})
+    with pytest.raises(ValueError, match="sums_parts"):
+        FastDecoder(m, 1, 4, gemv_configs={"sums_parts": 8})
     with pytest.raises(ValueError, match="persistent_grid"):
         FastDecoder(m, 1, 4, gemv_configs={"persistent_grid": 0})
 
@@ -234,7 +210,8 @@ def _models():
     from ssmquant.bench.models import random_model
 
     def tiny():
-        return to_ternary_(tiny_model(seed=4, d_model=128, n_layer=2, d_state=32, headdim=32, ngroups=2), 64).half().cuda()
+        m = tiny_model(seed=4, d_model=128, n_layer=2, d_state=32, headdim=32, ngroups=2)
+        return to_ternary_(m, 64).half().cuda()
     return {
         "tiny_ngroups2": lambda: (tiny(), None),
         # 4 CTAs: two SSM items of 32 channels each (the split's later items read from global memory).
@@ -307,10 +284,10 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype, split):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("local_rows", [False, True])
-def test_persistent_step_local_rows_gpu(local_rows):
-    """1.3B-wide, out_proj by pairs: in_proj by SSM item (each item's z / x / dt rows in its CTA's shared memory, B /
-    C rows as early LL words) or by rows, against the per-layer step and the model."""
+@pytest.mark.parametrize("sums_parts", [1, 2, 4])
+def test_persistent_step_sums_parts_gpu(sums_parts):
+    """1.3B-wide, out_proj by pairs, its partial sums in 1 / 2 / 4 parts (each CTA adds into part cta % parts, the
+    readers add the parts up), against the per-layer step and the model."""
     from ssmquant.bench.models import random_model
     from ssmquant.kernels.fast_decode import FastDecoder
 
@@ -319,9 +296,9 @@ def test_persistent_step_local_rows_gpu(local_rows):
     g = torch.Generator().manual_seed(2)
     prompt = torch.randint(0, 50000, (1, 5), generator=g).cuda()
     forced = torch.randint(0, 50000, (1, 6), generator=g).cuda()
-    pers = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": "pair", "local_rows": local_rows})
+    pers = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": "pair", "sums_parts": sums_parts})
     per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
-    assert pers.persistent.local_rows is local_rows
+    assert pers.persistent.sums_parts == sums_parts
     _check_against_per_layer(pers, per_layer, prompt, forced)
     assert torch.equal(pers.generate(prompt, 12, use_graph=False), pers.generate(prompt, 12, use_graph=True))
 

@@ -143,8 +143,7 @@ def _kernels(dec) -> dict:
     L = dec.layers[0]
     if dec.persistent is not None:
         p = dec.persistent
-        return {"in_proj": "persistent", "out_proj": "persistent", "out_split": "pair" if p.pair else p.split_out,
-                "local_rows": p.local_rows}
+        return {"in_proj": "persistent", "out_proj": "persistent", "out_split": "pair" if p.pair else p.split_out}
     return {k: "tensor_core" if isinstance(getattr(L, a), MmaTernaryWeight) else "triton"
             for k, a in (("in_proj", "in_w"), ("out_proj", "out_w"))}
 

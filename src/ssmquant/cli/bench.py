@@ -53,11 +53,10 @@ def register(sub) -> None:
     d.add_argument("--out-split", choices=["auto", "on", "pair", "off"], default="auto",
                    help="the persistent kernel's out_proj split by SSM item (fp32 atomics; with it no grid barrier "
                         "before out_proj nor before the SSM step, which spins on in_proj's outputs: one a layer; "
-                        "logits not bitwise reproducible): auto (default: on with in_proj by SSM item too where items "
-                        "have >= 32 channels (1.3B), else pair where it can run, else on where every CTA has one SSM "
-                        "item, else off), on, pair (by pairs of items in clusters of two CTAs, sm_90) or off (by "
-                        "rows, three barriers a layer). With the persistent kernel the run also times it by rows (or "
-                        "auto, when off)")
+                        "logits not bitwise reproducible): auto (default: pair where it can run, else on where "
+                        "every CTA has one SSM item, else off), on, pair (by pairs of items in clusters of two CTAs, "
+                        "sm_90) or off (by rows, three barriers a layer). With the persistent kernel the run also "
+                        "times it by rows (or auto, when off)")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")

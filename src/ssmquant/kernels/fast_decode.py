@@ -49,7 +49,6 @@ import triton.language as tl
 from .cuda.persistent_decode import (
     PersistentDecodeStep,
     auto_declines,
-    auto_local_rows,
     auto_split,
     persistent_error,
 )
@@ -136,16 +135,13 @@ class FastDecoder:
     persistent kernel, ``cuda/persistent_decode.py``; "auto" (default) where it can run and is faster
     (``persistent_decode.auto_declines``), True (error where it cannot run) or False), "out_split" (the persistent
     kernel's out_proj split by SSM item, fp32 atomics; with it neither out_proj nor the SSM step waits for a grid
-    barrier (the SSM step spins on in_proj's outputs): one a layer instead of three. "auto" (default: by item where
-    "local_rows" is taken, else by pairs of items where they can run, else by item where a CTA has one, else by
-    rows: ``persistent_decode.auto_split``),
+    barrier (the SSM step spins on in_proj's outputs): one a layer instead of three. "auto" (default: by pairs of
+    items where they can run, else by item where a CTA has one, else by rows: ``persistent_decode.auto_split``),
     True (by item), "pair" (by pairs of items, clusters of two CTAs: half the atomics; sm_90) or False (by rows).
     Split, the order of the atomics' sums varies from run to run, so logits are not bitwise reproducible (they stay
     within the per-layer kernels' tolerance of the model), and out_proj is kept a second time in the split layout
-    (1.3B: 108 MB of GPU memory); False gives bitwise-reproducible decoding), "local_rows" (with out_proj split:
-    each SSM item's CTA computes the item's own rows of in_proj, every CTA a share of the B / C rows first; "auto"
-    (default) where it measured faster, ``persistent_decode.auto_local_rows``, and then out_proj by item rather
-    than by pairs; True; False),
+    (1.3B: 108 MB of GPU memory); False gives bitwise-reproducible decoding), "sums_parts" (the split's partial
+    sums of out_proj in 1-4 parts, each CTA adding into one; default 2, measured faster: ``persistent_decode``),
     "persistent_grid" (CTAs of the
     persistent kernel, at most one per SM; default None: one per SM. Fewer give each CTA more rows and SSM items:
     for tests and measurements, never faster).
@@ -177,9 +173,9 @@ class FastDecoder:
         out_split = self.gemv_configs.pop("out_split", "auto")
         if out_split not in (False, True, "pair", "auto"):
             raise ValueError(f"gemv_configs['out_split']={out_split!r}: use False, True, 'pair' or 'auto'")
-        local_rows = self.gemv_configs.pop("local_rows", "auto")
-        if local_rows not in (False, True, "auto"):
-            raise ValueError(f"gemv_configs['local_rows']={local_rows!r}: use False, True or 'auto'")
+        sums_parts = self.gemv_configs.pop("sums_parts", 2)
+        if sums_parts not in (1, 2, 3, 4) or isinstance(sums_parts, bool):
+            raise ValueError(f"gemv_configs['sums_parts']={sums_parts!r}: 1, 2, 3 or 4")
         pgrid = self.gemv_configs.pop("persistent_grid", None)
         if pgrid is not None and (not isinstance(pgrid, int) or isinstance(pgrid, bool) or pgrid < 1):
             raise ValueError(f"gemv_configs['persistent_grid']={pgrid!r}: a positive number of CTAs, or None")
@@ -246,18 +242,15 @@ class FastDecoder:
                 if persistent == "auto":
                     err = auto_declines(cfg, cfg.d_in_proj, grid)
             if err is None:
-                out_w = self.layers[0].out_w
-                if local_rows == "auto":          # ("auto" out_split may split: in_proj by item then splits by item)
-                    local_rows = auto_local_rows(cfg, out_w, grid, out_split is not False)
                 if out_split == "auto":
                     cap = torch.cuda.get_device_capability(dev) if dev.type == "cuda" else (0, 0)
-                    out_split = True if local_rows else auto_split(cfg, out_w, grid, cap)
+                    out_split = auto_split(cfg, self.layers[0].out_w, grid, cap)
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
                                                            residual=self.residual, zx=self.zx, h=self.h,
                                                            pos=self.pos, eps=cfg.norm_eps,
                                                            split_out=out_split is not False,
-                                                           pair=out_split == "pair", local_rows=local_rows,
+                                                           pair=out_split == "pair", sums_parts=sums_parts,
                                                            grid=grid)
                 except RuntimeError as e:       # compiling, or the CTAs cannot all be resident on this GPU
                     if persistent is True:

@@ -81,17 +81,13 @@ typedef unsigned long long u64;
 #define LL_ZX SPLIT_OUT
 #endif
 static_assert(!LL_ZX || SPLIT_OUT, "LL_ZX needs SPLIT_OUT (out_proj by rows has its barrier anyway)");
-// LOCAL_ROWS=1 (with LL_ZX, an SSM item per CTA at most): the CTA of an item computes the item's own z, x and dt rows
-// of in_proj into shared memory (its CH + CH + 1 rows, instead of its share of every row), and every CTA a share of
-// the B / C rows, which every item needs: those first, each reduced and stored as an LL word as soon as its warp
-// has it, so they are there before the items' own rows are done. The SSM step then reads z, x and dt from shared
-// memory and waits only for B / C. (Tried before LL_ZX with a second counter for B / C: the release stalled its
-// warp mid-phase, and the wait was no shorter than the barrier.)
-#ifndef LOCAL_ROWS
-#define LOCAL_ROWS 0
-#endif
-static_assert(!LOCAL_ROWS || LL_ZX, "LOCAL_ROWS needs LL_ZX");
 constexpr int NBUF = LL_ZX ? 3 : 2;   // SPLIT_OUT's partial-sum buffers
+// SUMS_PARTS: each buffer in this many parts, CTA c adding into part c % SUMS_PARTS and the readers adding the parts
+// up: fewer atomics on each line of the buffer.
+#ifndef SUMS_PARTS
+#define SUMS_PARTS 1
+#endif
+constexpr int SB = SUMS_PARTS * NG * DM;  // floats of a buffer
 #if SPLIT_OUT
 constexpr int PAIR = SPLIT_PAIR ? 2 : 1;
 constexpr int SCOLS = PAIR * CH, SROWS = DM / PAIR;  // a CTA's block of out_proj: columns (the pair's), rows
@@ -311,7 +307,7 @@ __device__ __forceinline__ void cluster_sync() {
 #define WMAX 5
 #endif
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
-template <int N_, int K_, int KB_, int G_, int RPC_ = 0>
+template <int N_, int K_, int KB_, int G_>
 struct Proj {
     static constexpr int N = N_, K = K_, KB = KB_, G = G_;
     static constexpr int KWT = K / 16;                 // words per row
@@ -320,7 +316,7 @@ struct Proj {
     static constexpr int CW = 32 * cdiv(cdiv(KWT, NCH), 32);   // words per chunk (the last may be partial)
     static constexpr int WPL = CW / 32, Q4 = WPL / 4, S1 = WPL % 4, NPART = Q4 + S1;
     static constexpr int NWG = NW / NCH;               // warp groups: a group's NCH warps share rows
-    static constexpr int RPC = RPC_ ? RPC_ : (N + GRID - 1) / GRID;  // most rows of a CTA
+    static constexpr int RPC = (N + GRID - 1) / GRID;  // most rows of a CTA
     static constexpr int MAXR = (RPC + NWG - 1) / NWG; // rows per warp
     // Words of the CTA's buffer: every row a warp may read (MAXR NWG), and a partial last chunk's reach past it.
     static constexpr int WORDS = 4 * cdiv(MAXR * NWG * KWT + NCH * CW - KWT, 4);
@@ -332,27 +328,6 @@ struct Proj {
 // This CTA's rows of a projection: [rb, re), balanced over the grid.
 template <class PJ>
 __device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ::N * cta) / GRID); }
-
-// A CTA's rows of a projection in the order they lie in its shared-memory buffer (local rows 0 .. n - 1): up to 4
-// runs of consecutive rows, run s from local row loc[s] (increasing; unused runs start past every row). Local rows
-// [0, early) are stored as soon as their warp has them (LOCAL_ROWS: in_proj's B / C rows, which other CTAs wait
-// for).
-struct Rows {
-    int n, early;
-    int loc[4], glob[4], cnt[4];
-    __device__ __forceinline__ int global(int r) const {
-        int g = glob[0] + r;
-#pragma unroll
-        for (int k = 1; k < 4; ++k) g = r >= loc[k] ? glob[k] + r - loc[k] : g;
-        return g;
-    }
-};
-constexpr int NO_RUN = 1 << 30;
-template <class PJ>
-__device__ __forceinline__ Rows rows_std(int cta) {       // [rb, re): one run
-    const int rb = row_begin<PJ>(cta), re = row_begin<PJ>(cta + 1);
-    return {re - rb, 0, {0, NO_RUN, NO_RUN, NO_RUN}, {rb, 0, 0, 0}, {re - rb, 0, 0, 0}};
-}
 
 // Where this thread works in a projection: its warp group (rows wg, wg + NWG, ...) and its chunk c.
 struct LaneChunk {
@@ -376,50 +351,46 @@ __device__ __forceinline__ bool part_ok(const LaneChunk& lc, int p, int lane) {
 
 // The lane's scales of one projection: its parts' blocks' scales in each of its rows (0 past the CTA's rows).
 template <class PJ>
-__device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR][PJ::NPART],
-                                            const Rows& rows) {
+__device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR][PJ::NPART]) {
     const LaneChunk lc = lane_chunk<PJ>();
     const int lane = threadIdx.x % 32;
+    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
 #pragma unroll
     for (int p = 0; p < PJ::NPART; ++p) {
         const bool ok = part_ok<PJ>(lc, p, lane);
         const int sofs = (part_word<PJ>(lc.c, p, lane) / PJ::KW) * PJ::KB / PJ::G;   // its scale in the row
 #pragma unroll
         for (int i = 0; i < PJ::MAXR; ++i) {
-            const int local = i * PJ::NWG + lc.wg;
-            sr[i][p] = !(ok && local < rows.n) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
-                : ld_s(s + (long long)rows.global(local) * (PJ::K / PJ::G) + sofs);
+            const int row = rb + i * PJ::NWG + lc.wg;
+            sr[i][p] = !(ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
+                                                                   : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
         }
     }
 }
 
-// Copy this CTA's rows of one projection into shared memory (``buf``: PJ::WORDS words, the local rows of
-// ``rows`` one after another, as in global memory), and, if ``scales``, load the lane's scales (load_scales).
-// Called before the barrier that gates the projection: nothing here depends on this step's activations. sm_90: one
-// TMA copy per run of rows (a TMA instruction costs the issuing warp tens of cycles, and one a row held the CTA
-// 1.3 us at 1.3B), completing on ``mbar``; else 16-byte cp.async copies spread over the threads (one commit group).
+// Copy this CTA's rows of one projection into shared memory (``buf``: PJ::WORDS words, the rows as in global
+// memory), and, if ``scales``, load the lane's scales (load_scales). Called before the barrier that gates the
+// projection: nothing here depends on this step's activations. sm_90: one TMA copy of the CTA's rows (contiguous
+// in global memory: a TMA instruction costs the issuing warp tens of cycles, and one a row held the CTA 1.3 us at
+// 1.3B), completing on ``mbar``; else 16-byte cp.async copies spread over the threads (one commit group).
 template <class PJ>
 __device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16* __restrict__ s, uint4* buf,
-                                         u16 (&sr)[PJ::MAXR][PJ::NPART], u64* mbar, const Rows& rows,
-                                         bool scales = true) {
-    constexpr int RW = PJ::KWT / 4;                    // uint4 per row
+                                         u16 (&sr)[PJ::MAXR][PJ::NPART], u64* mbar, bool scales = true) {
+    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
+    const uint4* src = w + (long long)rb * (PJ::KWT / 4);
 #if TMA
     // Thread 0 also announces the bytes (the mbarrier's phase cannot complete before that arrival, whichever
     // comes first).
     if (threadIdx.x == 0) {
-        mbar_expect(mbar, (u32)rows.n * PJ::KWT * 4);
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-            if (rows.loc[k] < NO_RUN && rows.cnt[k] > 0)
-                tma_load(buf + rows.loc[k] * RW, w + (long long)rows.glob[k] * RW, (u32)rows.cnt[k] * PJ::KWT * 4,
-                         mbar);
+        const u32 bytes = (u32)(re - rb) * PJ::KWT * 4;
+        mbar_expect(mbar, bytes);
+        tma_load(buf, src, bytes, mbar);
     }
 #else
-    for (int i = threadIdx.x; i < rows.n * RW; i += NT)
-        cp_async16(buf + i, w + (long long)rows.global(i / RW) * RW + i % RW, true);
+    for (int i = threadIdx.x; i < (re - rb) * (PJ::KWT / 4); i += NT) cp_async16(buf + i, src + i, true);
     cp_async_commit();
 #endif
-    if (scales) load_scales<PJ>(s, sr, rows);
+    if (scales) load_scales<PJ>(s, sr);
 }
 
 template <int PENDING>
@@ -563,7 +534,8 @@ __device__ __forceinline__ void lane_x(const float* xs, float (&xr)[16][PJ::WPL]
         for (int j = 0; j < 16; ++j) {
             const float sc = field_scale(j);
             if (p < PJ::Q4) {
-                const float4 v = ok ? *reinterpret_cast<const float4*>(base + j * PJ::KW) : make_float4(0.f, 0.f, 0.f, 0.f);
+                const float4 v = ok ? *reinterpret_cast<const float4*>(base + j * PJ::KW)
+                                    : make_float4(0.f, 0.f, 0.f, 0.f);
                 t += (v.x + v.y) + (v.z + v.w);
                 xr[j][4 * p] = v.x * sc; xr[j][4 * p + 1] = v.y * sc; xr[j][4 * p + 2] = v.z * sc;
                 xr[j][4 * p + 3] = v.w * sc;
@@ -634,15 +606,15 @@ __device__ __forceinline__ void store_act(void* out, int row, float v, u32 epoch
 #endif
 }
 
-// out = W xs: the CTA's ``rows``; RES: residual[row] += out (fp32), else ``store(local row, out)`` (store_act, or
-// LOCAL_ROWS's split between the LL words and shared memory).
+// out = W xs: rows of this CTA; RES: residual[row] += out (fp32), else zx[row] = out in the model dtype
+// (store_act).
 // ``stage_in()`` writes the normed input to ``xs`` (stage, or stage_split's residual update first);
 // ``after_stage()`` runs once the activations are staged, before the products: where the kernel issues the
 // copies for later phases (see the main loop).
-template <class PJ, bool RES, int PENDING, class Stage, class Hook, class Store>
+template <class PJ, bool RES, int PENDING, class Stage, class Hook>
 __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* mbar, u32 parity,
-                                        const u16 (&sr)[PJ::MAXR][PJ::NPART], float* xs, float* part, const Rows& rows,
-                                        Store store, float* out_res, float& res_own, u64* trace, int l,
+                                        const u16 (&sr)[PJ::MAXR][PJ::NPART], float* xs, float* part, void* out_act,
+                                        u32 epoch, float* out_res, float& res_own, u64* trace, int l,
                                         Hook after_stage) {
     stage_in();
     stamp(trace, l, RES ? 8 : 2);
@@ -652,35 +624,26 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const LaneChunk lc = lane_chunk<PJ>();
     const int wg = lc.wg, c = lc.c;
-    const int cnt = rows.n;
+    const int rb = row_begin<PJ>(blockIdx.x), cnt = row_begin<PJ>(blockIdx.x + 1) - rb;
     constexpr int R = pow2_at_least(PJ::MAXR);
     static_assert(R <= 32, "at most 32 rows per warp");
     words_wait<PENDING>(mbar, parity); // the projection's words have landed (and are visible to this thread)
     const u32* bw = reinterpret_cast<const u32*>(buf) + wg * PJ::KWT + c * PJ::CW;
     float v[R];
-    constexpr bool DIRECT = PJ::NCH == 1 && !RES;
 #pragma unroll
     for (int i = 0; i < R; ++i) {
         const int ii = i < PJ::MAXR ? i : 0;
         v[i] = i < PJ::MAXR ? row_dot<PJ>(bw + ii * PJ::NWG * PJ::KWT, xr, sx, sr[ii], lane) : 0.f;
-        if (DIRECT && i == 0 && warp < rows.early) {  // an early row (local row ``warp``): reduced and stored now
-            float t = v[0];
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(0xffffffffu, t, o);
-            if (lane == 0) store(warp, t);
-        }
     }
     const float sum = multi_warp_sum<R, 16, R>(v, lane);
     const int i = lane / (32 / R), local = i * PJ::NWG + wg;
     // in_proj with whole rows per warp writes directly; otherwise the chunks' partial sums meet in shared memory.
     // out_proj always goes through it: thread ``local`` owns residual row rb + local and keeps its value in a
     // register (``res_own``) across layers, so the update needs no read of global memory.
+    constexpr bool DIRECT = PJ::NCH == 1 && !RES;
     if (lane % (32 / R) == 0 && i < PJ::MAXR && local < cnt && warp < PJ::NWG * PJ::NCH) {
-        if (DIRECT) {
-            if (local >= rows.early) store(local, sum);
-        } else {
-            part[local * PJ::NCH + c] = sum;
-        }
+        if (DIRECT) store_act(out_act, rb + local, sum, epoch);
+        else part[local * PJ::NCH + c] = sum;
     }
     if (!DIRECT) {
         static_assert(!RES || PJ::RPC <= NT, "one thread per out_proj row of a CTA");
@@ -691,9 +654,9 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
             for (int cc = 0; cc < PJ::NCH; ++cc) t += part[l2 * PJ::NCH + cc];
             if (RES) {
                 res_own += t;
-                out_res[rows.glob[0] + l2] = res_own;
+                out_res[rb + l2] = res_own;
             } else {
-                store(l2, t);
+                store_act(out_act, rb + l2, t, epoch);
             }
         }
     }
@@ -813,7 +776,6 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
 }
 
 __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const void* zxv, u32 epoch,
-                                           const u16* own,
                                            float* hbuf, float* hsm, u64* hbar, float* sm, bool tma,
                                            const void* stile, u64* mbar,
                                            u32 parity) {
@@ -834,20 +796,14 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     // Every word first (one L2 round trip when they are there), then each one again until its epoch is the layer's.
     const u32* zl = static_cast<const u32*>(zxv);
     u32 wx = 0, wz = 0, wdt = 0, wbc[BCPER];
-    if (t < CH && !LOCAL_ROWS) {
+    if (t < CH) {
         wx = ld_ll(zl + E + ch);
         wz = ld_ll(zl + ch);
     }
 #pragma unroll
     for (int i = 0; i < BCPER; ++i) wbc[i] = t + i * NT < 2 * NS ? ld_ll(zl + E + bc_channel(item, t + i * NT)) : 0;
-    if (t == 0 && !LOCAL_ROWS) wdt = ld_ll(zl + dt_row);
-    if (LOCAL_ROWS) {                  // the item's own rows, in shared memory: z, x, dt
-        if (t < CH) {
-            raw_z = own[t];
-            raw_x = own[CH + t];
-        }
-        if (t == 0) raw_dt = own[2 * CH];
-    } else if (t < CH) {
+    if (t == 0) wdt = ld_ll(zl + dt_row);
+    if (t < CH) {
         while ((wx >> 16) != epoch) wx = ld_ll(zl + E + ch);
         while ((wz >> 16) != epoch) wz = ld_ll(zl + ch);
         raw_x = (u16)wx;
@@ -859,7 +815,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
             while ((wbc[i] >> 16) != epoch) wbc[i] = ld_ll(zl + E + bc_channel(item, t + i * NT));
         raw_bc[i] = (u16)wbc[i];
     }
-    if (t == 0 && !LOCAL_ROWS) {
+    if (t == 0) {
         while ((wdt >> 16) != epoch) wdt = ld_ll(zl + dt_row);
         raw_dt = (u16)wdt;
     }
@@ -1051,36 +1007,34 @@ __device__ __forceinline__ void out_split(const uint4* words, const u16* scales,
 // the barrier that ended the layer).
 __device__ __forceinline__ void add_out(float4 (&v)[NormW<Proj<DIP, DM, KBIN, GIN>>::PER], const float* sums,
                                         const float* ss, float eps) {
+    using PV = Proj<DIP, DM, KBIN, GIN>;
+    constexpr int PER = NormW<PV>::PER;
     float r[NG];
 #pragma unroll
     for (int g = 0; g < NG; ++g) r[g] = rsqrtf(ld_f(ss + g) / (E / NG) + eps);
 #pragma unroll
     for (int g = 0; g < NG; ++g) {
-        float4 p[NormW<Proj<DIP, DM, KBIN, GIN>>::PER];
-        load_vec<Proj<DIP, DM, KBIN, GIN>>(sums + g * DM, p);
+        float4 p[SUMS_PARTS][PER];                    // (every part's loads first: one round trip)
 #pragma unroll
-        for (int i = 0; i < NormW<Proj<DIP, DM, KBIN, GIN>>::PER; ++i) {
-            v[i].x += r[g] * p[i].x; v[i].y += r[g] * p[i].y; v[i].z += r[g] * p[i].z; v[i].w += r[g] * p[i].w;
+        for (int k = 0; k < SUMS_PARTS; ++k) load_vec<PV>(sums + k * NG * DM + g * DM, p[k]);
+#pragma unroll
+        for (int k = 1; k < SUMS_PARTS; ++k)
+#pragma unroll
+            for (int i = 0; i < PER; ++i) {
+                p[0][i].x += p[k][i].x; p[0][i].y += p[k][i].y; p[0][i].z += p[k][i].z; p[0][i].w += p[k][i].w;
+            }
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            v[i].x += r[g] * p[0][i].x; v[i].y += r[g] * p[0][i].y; v[i].z += r[g] * p[0][i].z;
+            v[i].w += r[g] * p[0][i].w;
         }
     }
 }
 #endif
 
 // ---------------------------------------------------------------- the kernel
-// LOCAL_ROWS: a CTA's in_proj rows are its share of the B / C rows (NBC of them, over all CTAs), then its item's z
-// (CH), x (CH) and dt (1) rows.
-constexpr int NBC = 2 * NG * NS;
-constexpr int LMAX = (NBC + GRID - 1) / GRID + 2 * CH + 1;
-__device__ __forceinline__ Rows rows_local(int cta) {
-    const int b0 = NBC * cta / GRID, nbc = NBC * (cta + 1) / GRID - b0;
-    if (cta >= NITEMS) return {nbc, nbc, {0, NO_RUN, NO_RUN, NO_RUN}, {2 * E + b0, 0, 0, 0}, {nbc, 0, 0, 0}};
-    const int c0 = item_channel(cta, 0), hd = cta / (P / CH);
-    return {nbc + 2 * CH + 1, nbc, {0, nbc, nbc + CH, nbc + 2 * CH}, {2 * E + b0, c0, E + c0, 2 * E + NBC + hd},
-            {nbc, CH, CH, 1}};
-}
-using PA = Proj<DIP, DM, KBIN, GIN, LOCAL_ROWS ? LMAX : 0>;
+using PA = Proj<DIP, DM, KBIN, GIN>;
 using PC = Proj<DM, E, KBOUT, GOUT>;
-static_assert(!LOCAL_ROWS || (NITEMS <= GRID && PA::NCH == 1 && NBC / GRID < NW), "LOCAL_ROWS shape");
 // (SPLIT_OUT never stages out_proj's input.)
 constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
 constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
@@ -1110,7 +1064,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     // SPLIT_OUT: the block's h times the norm weight (SCOLS: under SPLIT_PAIR the other CTA writes its half), then
     // the item's h squared (CH).
     __shared__ float hsm[SPLIT_OUT ? SCOLS + CH : 1];
-    __shared__ u16 own[LOCAL_ROWS ? 2 * CH + 1 : 1];     // LOCAL_ROWS: the item's z, x, dt
     const int T = pos[0];
     u32 nbar = 0;
     // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
@@ -1149,26 +1102,21 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     load_vec<PA>(residual, res);
     float res_own = 0.f;                             // (project's out_proj register: unused here)
     LayerP L = layers[0];
-#if LOCAL_ROWS
-    const Rows ra = rows_local(cta);
-#else
-    const Rows ra = rows_std<PA>(cta);
-#endif
-    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0], ra);
+    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
     for (int l = 0; l < NL; ++l) {
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
         const u32 parity = l & 1;
         const int b = l % NBUF, bp = (l + NBUF - 1) % NBUF;     // this layer's sums, the previous layer's
-        float* sums_l = sums + b * NG * DM;
-        float* ss_l = sums + NBUF * NG * DM + b * NG;
+        float* sums_l = sums + b * SB + (cta % SUMS_PARTS) * NG * DM;
+        float* ss_l = sums + NBUF * SB + b * NG;
         // Zero buffer zb's slice of this CTA (see ``sums`` above).
         auto zero_sums = [&](int zb) {
-            float* z = sums + zb * NG * DM;
-            const int i0 = (NG * DM / 4) * cta / GRID, i1 = (NG * DM / 4) * (cta + 1) / GRID;
+            float* z = sums + zb * SB;
+            const int i0 = (SB / 4) * cta / GRID, i1 = (SB / 4) * (cta + 1) / GRID;
             for (int i = i0 + threadIdx.x; i < i1; i += NT)
                 reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (cta == 0 && threadIdx.x < NG) sums[NBUF * NG * DM + zb * NG + threadIdx.x] = 0.f;
+            if (cta == 0 && threadIdx.x < NG) sums[NBUF * SB + zb * NG + threadIdx.x] = 0.f;
         };
         // ---- A: in_proj, after the previous layer's out_proj
         if (!LATE_LOADS || l == 0) prefetch_norm<PA>(L.norm_w, na);
@@ -1183,18 +1131,11 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         };
         // The residual += the previous layer's out_proj, then in_proj's RMSNorm of it.
         auto stage_a = [&] {
-            if (l > 0) add_out(res, sums + bp * NG * DM, sums + NBUF * NG * DM + bp * NG, eps);
+            if (l > 0) add_out(res, sums + bp * SB, sums + NBUF * SB + bp * NG, eps);
             norm_to_shared<PA, 1>(res, na, eps, xs, red);
         };
-        const u32 ep = epoch_of(l);
-        u16* const ownp = own;
-        auto store_a = [=](int r, float v) {
-            if (LOCAL_ROWS && r >= ra.early) ownp[r - ra.early] = f2act(v);
-            else store_act(zx_out, ra.global(r), v, ep);
-        };
-        project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, ra, store_a, nullptr, res_own, trace, l,
-                              issue_bc);
-        if (LOCAL_ROWS) __syncthreads();              // ``own`` is read by the SSM step's threads
+        project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx_out, epoch_of(l), nullptr, res_own,
+                              trace, l, issue_bc);
         if (!LL_ZX) {
             arrive(bar);
             ++nbar;
@@ -1203,7 +1144,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         }
         stamp(trace, l, 3);
         if (LATE_LOADS && l + 1 < NL) {
-            load_scales<PA>(Ln.in_s, sa, ra);
+            load_scales<PA>(Ln.in_s, sa);
             prefetch_norm<PA>(Ln.norm_w, na);
         }
         // ---- B: conv + SSM step + gate, and out_proj by item
@@ -1214,14 +1155,14 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         // were still landing when the barrier that ends the layer was released, which waited for them (9.83
         // against 9.40 us a layer at 1.3B; issued after that barrier's arrival, in_proj waited for them instead).
         auto issue_a = [&] {
-            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], ra, !LATE_LOADS);
+            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
         };
         if ((!has_item && SPLIT_ISSUE_AT < 2) || SPLIT_ISSUE_AT == 0) issue_a();
         for (int item = blockIdx.x; item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx_out, ep, own, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2],
+            ssm_finish(L, item, T, pre, zx_out, epoch_of(l), hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2],
                        parity);
             if (!(TMA && first)) ssm_store(L, item, pre);
             const int grp = item / (P / CH) / (NH / NG);
@@ -1260,7 +1201,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     wait(bar, nbar * GRID);
     if (cta == 0) {
         const int pl = (NL - 1) % NBUF;
-        add_out(res, sums + pl * NG * DM, sums + NBUF * NG * DM + pl * NG, eps);
+        add_out(res, sums + pl * SB, sums + NBUF * SB + pl * NG, eps);
         if (LL_ZX && threadIdx.x == 0) st_ll(genp, gen + 1);   // every CTA has read ``gen`` before the barrier
 #pragma unroll
         for (int i = 0; i < NormW<PA>::PER; ++i) {
@@ -1277,10 +1218,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     float res_own = 0.f;
     if ((int)threadIdx.x < row_begin<PC>(blockIdx.x + 1) - row_begin<PC>(blockIdx.x))
         res_own = residual[row_begin<PC>(blockIdx.x) + threadIdx.x];
-    const Rows ra = rows_std<PA>(cta), rc = rows_std<PC>(cta);
-    auto store_a = [=](int r, float v) { store_act(zx, ra.global(r), v, 0u); };
     LayerP L = layers[0];
-    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0], ra);
+    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     // When copies are issued matters (benchmarks/RESULTS.md): a grid barrier completes only once the memory
     // requests queued before its counter updates and polls have drained, so a burst issued just before a barrier
     // delays it by the burst's transfer time. Each phase's copies are therefore issued right after the barrier
@@ -1297,12 +1236,12 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         if (l > 0) wait(bar, nbar * GRID);
         stamp(trace, l, 1);
         auto issue_bc = [&] {
-            prefetch<PC>(L.out_w, L.out_s, wc, sc, &mbar[1], rc, !LATE_LOADS);
+            prefetch<PC>(L.out_w, L.out_s, wc, sc, &mbar[1], !LATE_LOADS);
             if (has_item) ssm_load(L, blockIdx.x, T, pre, TMA, stile, &mbar[2]);
         };
         if (PHASES & 1) {
             project<PA, false, 0>([&] { stage<PA, 1>(residual, na, eps, xs, red); }, wa, &mbar[0], parity, sa, xs,
-                                  part, ra, store_a, nullptr, res_own, trace, l, issue_bc);
+                                  part, zx, 0u, nullptr, res_own, trace, l, issue_bc);
         } else {
             issue_bc();
             words_wait<0>(&mbar[0], parity);       // (timing variants: the copies complete before the next ones)
@@ -1317,7 +1256,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         for (int item = blockIdx.x; (PHASES & 2) && item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx, 0u, own, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
+            ssm_finish(L, item, T, pre, zx, 0u, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
             // The first item's state is written back during out_proj (TMA store on sm_90, else from registers if
             // it is the last one); any other item's now.
             if (TMA ? !first : item != last_item) ssm_store(L, item, pre);
@@ -1326,10 +1265,10 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         ++nbar;
         stamp(trace, l, 6);
         if (LATE_LOADS) {
-            load_scales<PC>(L.out_s, sc, rc);
+            load_scales<PC>(L.out_s, sc);
             prefetch_norm<PC>(L.gnorm_w, nc);
             if (l + 1 < NL) {
-                load_scales<PA>(Ln.in_s, sa, ra);
+                load_scales<PA>(Ln.in_s, sa);
                 prefetch_norm<PA>(Ln.norm_w, na);
             }
         }
@@ -1340,7 +1279,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         // The next in_proj's words (A's buffer is free); without TMA a cp.async group is committed either way, so
         // C always waits for all but the newest group. Then the state write-back (nothing reads it this step).
         auto issue_a = [&] {
-            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], ra, !LATE_LOADS);
+            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
             if ((PHASES & 2) && has_item) {
                 if (TMA) ssm_writeback(L, stile);
@@ -1349,7 +1288,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         };
         if (PHASES & 4) {
             project<PC, true, 1>([&] { stage<PC, NG>(hbuf, nc, eps, xs, red); }, wc, &mbar[1], parity, sc, xs, part,
-                                 rc, [](int, float) {}, residual, res_own, trace, l, issue_a);
+                                 nullptr, 0u, residual, res_own, trace, l, issue_a);
         } else {
             issue_a();
             words_wait<1>(&mbar[1], parity);

@@ -40,9 +40,10 @@ With the split, A and B are not separated by a barrier either (``LL_ZX`` in the 
 32-bit words {value, epoch} (``zxl``; the 16-bit epoch counts layers over the launches, ``gen``), and B spins on
 each word it needs until it carries the layer's epoch (NCCL's LL protocol): an item waits only for the CTAs that
 computed its rows, and no release waits for the stores. One grid barrier a layer (1.3B: 9.53 -> 8.95 us a layer
-by pairs). ``local_rows`` (:func:`auto_local_rows`: 1.3B) goes further: the CTA of an item computes the item's
-own z, x and dt rows of in_proj into shared memory, and every CTA a share of the B / C rows first, stored as LL
-words as soon as each is reduced (9.15 by pairs -> 8.65 by item with it).
+by pairs). The partial sums of out_proj are kept in ``sums_parts`` parts (default 2), CTA c adding into part
+c % parts and the readers adding the parts up: 1.3B by pairs 9.08 -> 8.06 us a layer, 130m 5.77 -> 5.48, 370m
+unchanged (H100, run 31). The atomics per line of the buffer are the same (the two CTAs of a pair add different
+rows); why the two halves in different 8 KB regions are faster was not established.
 
 Memory ordering. Outputs of a phase are read by other SMs after a barrier: writes, ``bar.sync``, then thread 0's
 release increment of a global counter (cumulative over what ``bar.sync`` made it observe); readers spin with
@@ -101,28 +102,26 @@ def _chunk_words(K: int) -> int:
     return 32 * _cdiv(_cdiv(K // 16, _chunks(K)), 32)
 
 
-def rows_per_warp(N: int, K: int, warps: int, grid: int, rpc: int | None = None) -> int:
-    """Most rows of an (N, K) projection one warp reads (``Proj::MAXR`` in the .cu), with ``rpc`` rows a CTA at most
-    (default: N over the grid)."""
-    return _cdiv(rpc or _cdiv(N, grid), warps // _chunks(K))
+def rows_per_warp(N: int, K: int, warps: int, grid: int) -> int:
+    """Most rows of an (N, K) projection one warp reads (``Proj::MAXR`` in the .cu)."""
+    return _cdiv(_cdiv(N, grid), warps // _chunks(K))
 
 
-def proj_words(N: int, K: int, warps: int, grid: int, rpc: int | None = None) -> int:
+def proj_words(N: int, K: int, warps: int, grid: int) -> int:
     """Words of a CTA's shared-memory buffer for an (N, K) projection (``Proj::WORDS``): every row its warps may
     read, K / 16 words each, and a partial last chunk's reach past the last one."""
     kwt, nch = K // 16, _chunks(K)
-    return 4 * _cdiv(rows_per_warp(N, K, warps, grid, rpc) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
+    return 4 * _cdiv(rows_per_warp(N, K, warps, grid) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
 
 
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
-                 out_group: int = 64, pair: bool = False, local_rows: bool = False) -> int:
+                 out_group: int = 64, pair: bool = False) -> int:
     """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA (with ``split_out``,
     in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs; with ``pair``
-    the columns of two items for half the rows; with ``local_rows``, in_proj's rows of :func:`local_rows_per_cta`)
-    and one SSM item's state tile (``state_bytes`` per element)."""
+    the columns of two items for half the rows) and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
     ch, _ = model_ssm_item(cfg, grid)
-    in_b = 4 * proj_words(d_in_proj, cfg.d_model, nw, grid, local_rows_per_cta(cfg, grid) if local_rows else None)
+    in_b = 4 * proj_words(d_in_proj, cfg.d_model, nw, grid)
     if split_out:
         cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
         out_b = rows * (cols // 16) * 4 + max(1, cols // out_group) * rows * 2
@@ -151,46 +150,6 @@ def split_error(cfg, out_w: GemvTernaryWeight, grid: int, pair: bool = False,
         if items > grid or grid % 2 or (cfg.d_inner // cfg.ngroups) % cols:
             return f"{items} SSM items on {grid} CTAs (pairs need an item per CTA, an even grid, whole norm groups)"
     return None
-
-
-def local_rows_per_cta(cfg, grid: int) -> int:
-    """in_proj rows of a CTA with ``local_rows`` (``LMAX`` in the .cu): its share of the B / C rows, then its SSM
-    item's z, x and dt rows."""
-    ch, _ = model_ssm_item(cfg, grid)
-    return _cdiv(2 * cfg.ngroups * cfg.d_state, grid) + 2 * ch + 1
-
-
-def local_rows_error(cfg, grid: int, split_out: bool) -> str | None:
-    """Why in_proj cannot be computed by SSM item (``local_rows``: each item's CTA computes the item's own z / x /
-    dt rows into shared memory, every CTA a share of the B / C rows, first), or None."""
-    if not split_out:
-        return "needs out_proj split by SSM item"
-    ch, _ = model_ssm_item(cfg, grid)
-    items = cfg.nheads * (cfg.headdim // ch)
-    if items > grid:
-        return f"{items} SSM items on {grid} CTAs (one a CTA at most)"
-    if _chunks(cfg.d_model) != 1:
-        return f"d_model={cfg.d_model}: in_proj rows of more than {32 * WMAX} words"
-    if _cdiv(2 * cfg.ngroups * cfg.d_state, grid) > warps_per_cta(cfg.d_model, cfg.d_inner):
-        return "more B / C rows a CTA than warps"
-    return None
-
-
-LOCAL_MIN_CH = 32    # "auto" computes in_proj by SSM item only for items of at least this many channels
-
-
-def auto_local_rows(cfg, out_w: GemvTernaryWeight, grid: int, split_out: bool) -> bool:
-    """``FastDecoder``'s "auto": ``local_rows`` (with out_proj by item, not by pairs) where it can run, a warp reads
-    no more in_proj rows than by rows, and the items have at least :data:`LOCAL_MIN_CH` channels. Measured on an
-    H100, the kernel alone in us a layer (``benchmarks/persistent_phases.py``, run 28): 1.3B (items of 32 channels,
-    67 rows a CTA instead of 65, 9 a warp either way) 8.65 against 9.15 by pairs without it; 370m (items of 16
-    channels) 6.32 against 5.91 by pairs, so not there; 130m would read 35 rows a CTA instead of 26."""
-    if local_rows_error(cfg, grid, split_out) is not None or split_error(cfg, out_w, grid) is not None:
-        return False
-    nw = warps_per_cta(cfg.d_model, cfg.d_inner)
-    return model_ssm_item(cfg, grid)[0] >= LOCAL_MIN_CH \
-        and rows_per_warp(cfg.d_in_proj, cfg.d_model, nw, grid, local_rows_per_cta(cfg, grid)) \
-        <= rows_per_warp(cfg.d_in_proj, cfg.d_model, nw, grid)
 
 
 PAIR_MAX_COLS = 64   # "auto" pairs SSM items only while a pair's block has at most this many columns
@@ -231,6 +190,7 @@ def split_codes_ref(words: torch.Tensor, N: int, K: int, ch: int) -> torch.Tenso
     return (f - 1).permute(1, 0, 2, 3).reshape(N, K).to(torch.int8)
 
 
+SUMS_PARTS_MAX = 4     # the sync buffer holds split_out's sums in up to this many parts (``SUMS_PARTS`` in the .cu)
 STATIC_SMEM_MAX = 48 * 1024    # the kernel's static shared memory (activations, reductions) stays below this
 
 
@@ -330,7 +290,7 @@ class PersistentDecodeStep:
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")
 
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
-                 pair: bool = False, local_rows: bool = False, grid: int | None = None,
+                 pair: bool = False, sums_parts: int = 2, grid: int | None = None,
                  extra_options: tuple[str, ...] = ()):
         from .nvrtc import get_kernel
 
@@ -343,9 +303,9 @@ class PersistentDecodeStep:
         cap = torch.cuda.get_device_capability(dev)
         if split_out and (err := split_error(cfg, wout, self.grid, self.pair, cap)) is not None:
             raise ValueError(f"persistent step, split out_proj: {err}")
-        self.local_rows = local_rows
-        if local_rows and (err := local_rows_error(cfg, self.grid, split_out)) is not None:
-            raise ValueError(f"persistent step, in_proj by SSM item: {err}")
+        if not 1 <= sums_parts <= SUMS_PARTS_MAX:
+            raise ValueError(f"persistent step: sums_parts={sums_parts} (1 to {SUMS_PARTS_MAX})")
+        self.sums_parts = sums_parts
         # split_out: out_proj again in the split layout (the per-layer kernels keep the GEMV layout).
         self.split = [split_layout(L.out_w, ch * (1 + self.pair)) if split_out else (L.out_w.words, L.out_w.scale)
                       for L in layers]
@@ -357,7 +317,7 @@ class PersistentDecodeStep:
             f"-DKBOUT={wout.block}", f"-DNW={nw}", f"-DGRID={self.grid}", f"-DCH={ch}", f"-DTPC={tpc}",
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
-            f"-DLOCAL_ROWS={int(local_rows)}", *extra_options]
+            f"-DSUMS_PARTS={sums_parts}", *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
@@ -369,10 +329,11 @@ class PersistentDecodeStep:
             rows.append([t.data_ptr() for t in ts])
         # The kernel reads the tensors through this table of pointers: the decoder keeps the tensors alive.
         self.table = torch.tensor(rows, dtype=torch.int64, device=dev)
-        # Zeroed by one memset per launch: the barrier counter, then (at 128 bytes) split_out's sums, (3, ngroups,
-        # d_model) fp32 partial sums of out_proj and (3, ngroups) sums of squares of h (the .cu uses 2 or 3, NBUF).
+        # Zeroed by one memset per launch: the barrier counter, then (at 128 bytes) split_out's sums, (3, parts,
+        # ngroups, d_model) fp32 partial sums of out_proj and (3, ngroups) sums of squares of h (the .cu uses 2 or 3
+        # buffers, NBUF, of SUMS_PARTS parts).
         ng = cfg.ngroups
-        self.sync = torch.zeros(32 + 3 * ng * cfg.d_model + 3 * ng, dtype=torch.int32, device=dev)
+        self.sync = torch.zeros(32 + 3 * SUMS_PARTS_MAX * ng * cfg.d_model + 3 * ng, dtype=torch.int32, device=dev)
         # split_out (LL_ZX in the .cu): in_proj's outputs as {value, epoch} words, and the launches so far (never
         # reset: the epochs go on across launches).
         self.zxl = torch.zeros(win.shape[0], dtype=torch.int32, device=dev)
@@ -381,7 +342,7 @@ class PersistentDecodeStep:
         self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
         self.kernel = get_kernel(_source(), "persistent_decode", self.options)
         self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size(), split_out,
-                                 wout.group_size, self.pair, local_rows)
+                                 wout.group_size, self.pair)
         if self.kernel.static_smem > STATIC_SMEM_MAX:
             raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
         # One CTA per SM must fit (registers, shared memory), or the grid barriers could never complete; the
@@ -403,5 +364,5 @@ class PersistentDecodeStep:
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
-__all__ = ["AUTO_MAX_ROWS", "LOCAL_MIN_CH", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_local_rows", "auto_split",
-           "local_rows_error", "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
+__all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "persistent_error",
+           "split_error", "split_layout", "ssm_item", "warps_per_cta"]
