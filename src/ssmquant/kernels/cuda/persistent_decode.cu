@@ -777,23 +777,6 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
     if (SPLIT_OUT && t < CH * TPC && t % TPC == 0) pre.gw = __ldg(L.gnorm_w + item_channel(item, t / TPC));
 }
 
-// In_proj's output row r for the SSM step: zx_issue loads it (zx in the model dtype, or under LL_ZX its {value,
-// epoch} word), zx_value waits for it (LL_ZX: loads the word again until its epoch is the layer's) and returns the
-// value. All of a thread's loads are issued before any wait: one L2 round trip when the words are there.
-__device__ __forceinline__ u32 zx_issue(const void* zx, int r) {
-#if LL_ZX
-    return ld_ll(static_cast<const u32*>(zx) + r);
-#else
-    return ld_h(static_cast<const u16*>(zx) + r);
-#endif
-}
-__device__ __forceinline__ u16 zx_value(const void* zx, int r, u32 w, u32 epoch) {
-#if LL_ZX
-    while ((w >> 16) != epoch) w = ld_ll(static_cast<const u32*>(zx) + r);
-#endif
-    return (u16)w;
-}
-
 __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const void* zxv, u32 epoch,
                                            float* hbuf, float* hsm, u64* hbar, float* sm, bool tma,
                                            const void* stile, u64* mbar,
@@ -811,22 +794,43 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     const int ch = item_channel(item, t < CH ? t : 0);
     const int dt_row = 2 * E + 2 * NG * NS + hd;
     u16 raw_x = 0, raw_z = 0, raw_dt = 0, raw_bc[BCPER];
+#if LL_ZX
+    // Every word first (one L2 round trip when they are there), then each one again until its epoch is the layer's.
+    const u32* zl = static_cast<const u32*>(zxv);
     u32 wx = 0, wz = 0, wdt = 0, wbc[BCPER];
     if (t < CH) {
-        wx = zx_issue(zxv, E + ch);
-        wz = zx_issue(zxv, ch);
+        wx = ld_ll(zl + E + ch);
+        wz = ld_ll(zl + ch);
     }
 #pragma unroll
-    for (int i = 0; i < BCPER; ++i) wbc[i] = t + i * NT < 2 * NS ? zx_issue(zxv, E + bc_channel(item, t + i * NT)) : 0;
-    if (t == 0) wdt = zx_issue(zxv, dt_row);
+    for (int i = 0; i < BCPER; ++i) wbc[i] = t + i * NT < 2 * NS ? ld_ll(zl + E + bc_channel(item, t + i * NT)) : 0;
+    if (t == 0) wdt = ld_ll(zl + dt_row);
     if (t < CH) {
-        raw_x = zx_value(zxv, E + ch, wx, epoch);
-        raw_z = zx_value(zxv, ch, wz, epoch);
+        while ((wx >> 16) != epoch) wx = ld_ll(zl + E + ch);
+        while ((wz >> 16) != epoch) wz = ld_ll(zl + ch);
+        raw_x = (u16)wx;
+        raw_z = (u16)wz;
     }
 #pragma unroll
-    for (int i = 0; i < BCPER; ++i)
-        raw_bc[i] = t + i * NT < 2 * NS ? zx_value(zxv, E + bc_channel(item, t + i * NT), wbc[i], epoch) : 0;
-    if (t == 0) raw_dt = zx_value(zxv, dt_row, wdt, epoch);
+    for (int i = 0; i < BCPER; ++i) {
+        if (t + i * NT < 2 * NS)
+            while ((wbc[i] >> 16) != epoch) wbc[i] = ld_ll(zl + E + bc_channel(item, t + i * NT));
+        raw_bc[i] = (u16)wbc[i];
+    }
+    if (t == 0) {
+        while ((wdt >> 16) != epoch) wdt = ld_ll(zl + dt_row);
+        raw_dt = (u16)wdt;
+    }
+#else
+    const u16* zx = static_cast<const u16*>(zxv);
+    if (t < CH) {
+        raw_x = ld_h(zx + E + ch);
+        raw_z = ld_h(zx + ch);
+    }
+#pragma unroll
+    for (int i = 0; i < BCPER; ++i) raw_bc[i] = t + i * NT < 2 * NS ? ld_h(zx + E + bc_channel(item, t + i * NT)) : 0;
+    if (t == 0) raw_dt = ld_h(zx + dt_row);
+#endif
     if (t < CH) {
         L.ring[ch * DCONV + slot] = raw_x;
         sm_x[t] = rnd(conv_out(pre.xr, pre.xw, pre.xb, act2f(raw_x)));
