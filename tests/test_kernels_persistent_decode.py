@@ -197,12 +197,35 @@ def test_auto_falls_back_with_a_warning_when_the_step_cannot_be_built(monkeypatc
         fd.FastDecoder(m, 1, 4, gemv_configs={"persistent": True})
 
 
-# ---------------------------------------------------------------- GPU
-def _need_kernel():
+def test_mma_switch_is_the_tensor_core_gemv_own(monkeypatch):
+    """SSMQUANT_MMA=0 switches off the tensor-core GEMV only: the persistent step asks nvrtc_supported."""
+    import ssmquant.kernels.cuda.nvrtc as nv
     from ssmquant.kernels.cuda.ternary_mma import mma_supported
 
-    if DEVICE != "cuda" or not mma_supported():
+    monkeypatch.setattr(nv, "nvrtc_supported", lambda: True)
+    monkeypatch.setenv("SSMQUANT_MMA", "0")
+    assert not mma_supported()
+    monkeypatch.setenv("SSMQUANT_MMA", "1")
+    assert mma_supported()
+
+
+# ---------------------------------------------------------------- GPU
+def _need_kernel():
+    from ssmquant.kernels.cuda.nvrtc import nvrtc_supported
+
+    if DEVICE != "cuda" or not nvrtc_supported():
         pytest.skip("needs CUDA with NVRTC, sm_80+")
+
+
+@pytest.mark.gpu
+def test_persistent_step_runs_with_the_mma_switch_off_gpu(monkeypatch):
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    _need_kernel()
+    monkeypatch.setenv("SSMQUANT_MMA", "0")
+    m = random_model("370m", weights="ternary", n_layer=1)
+    assert FastDecoder(m, 1, 4).persistent is not None
 
 
 def _models():

@@ -167,6 +167,20 @@ class Kernel:
         _check_cu(_load_cuda().cuLaunchKernelEx(ctypes.byref(cfg), self.func, params, None), f"launching {self.name}")
 
 
+def nvrtc_supported() -> bool:
+    """A CUDA device of compute capability >= 8.0, NVRTC loadable, and not the Triton interpreter: what every NVRTC
+    kernel here needs (the tensor-core GEMV's ``SSMQUANT_MMA=0`` switch is its own, ``ternary_mma.mma_supported``)."""
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        return False
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
+        return False
+    try:
+        _load_nvrtc()
+    except (RuntimeError, OSError):
+        return False
+    return True
+
+
 def get_kernel(source: str, name: str, options: list[str]) -> Kernel:
     """Compiled and loaded once per (source, options, device)."""
     key = (hash(source), name, tuple(options), torch.cuda.current_device())

@@ -247,7 +247,7 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
                      grid: int | None = None) -> str | None:
     """Why the persistent step cannot run this decoder (``FastDecoder``'s per-layer weights) on ``grid`` CTAs
     (default: one per SM), or None."""
-    from .ternary_mma import mma_supported
+    from .nvrtc import nvrtc_supported
 
     if batch != 1:
         return f"batch {batch} (the persistent step runs batch 1)"
@@ -269,7 +269,7 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
         model_ssm_item(cfg, 1)
     except ValueError as e:
         return str(e)
-    if device.type != "cuda" or not mma_supported():
+    if device.type != "cuda" or not nvrtc_supported():
         return "needs a CUDA device of compute capability >= 8.0 with NVRTC"
     props = torch.cuda.get_device_properties(device)
     if grid is not None and grid > props.multi_processor_count:

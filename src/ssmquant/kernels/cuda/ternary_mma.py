@@ -76,16 +76,9 @@ def decode_pairs_ref(words: np.ndarray) -> np.ndarray:
 def mma_supported() -> bool:
     """A CUDA device of compute capability >= 8.0 (``mma.m16n8k16``), NVRTC loadable, not the Triton
     interpreter, and not switched off with ``SSMQUANT_MMA=0``."""
-    if os.environ.get("SSMQUANT_MMA", "1") == "0" or os.environ.get("TRITON_INTERPRET") == "1":
-        return False
-    if not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8:
-        return False
-    try:
-        from .nvrtc import _load_nvrtc
-        _load_nvrtc()
-    except (RuntimeError, OSError):
-        return False
-    return True
+    from .nvrtc import nvrtc_supported
+
+    return os.environ.get("SSMQUANT_MMA", "1") != "0" and nvrtc_supported()
 
 
 def default_cpw(M: int, K: int, rt: int = 1) -> int:
