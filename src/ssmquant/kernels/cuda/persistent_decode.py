@@ -27,7 +27,7 @@ its norm's output before the linear). Phase B is ``ssm_step.py`` (same roundings
 
 Split out_proj (``split_out``, ``FastDecoder``'s default where :func:`auto_split` allows). C runs in the CTA that
 has just computed an SSM item's h, over the item's columns of out_proj (:func:`split_layout`) for every output row,
-adding the partial sums into a global (3, ngroups, d_model) fp32 buffer by atomics; the gated norm's 1 / rms (a
+adding the partial sums into a global (3, parts, ngroups, d_model) fp32 buffer by atomics; the gated norm's 1 / rms (a
 scalar per group, from sums of squares added the same way) is applied by every CTA when it stages the next in_proj,
 and every CTA keeps the whole residual in registers. That removes the barrier before C: two a layer. With ``pair``
 (sm_90, one item per CTA) the CTAs of items 2k and 2k + 1 run as a cluster of two, send each other their h through
