@@ -47,6 +47,7 @@ import triton
 import triton.language as tl
 
 from .cuda.persistent_decode import (
+    SUMS_PARTS_MAX,
     PersistentDecodeStep,
     auto_declines,
     auto_split,
@@ -174,8 +175,8 @@ class FastDecoder:
         if out_split not in (False, True, "pair", "auto"):
             raise ValueError(f"gemv_configs['out_split']={out_split!r}: use False, True, 'pair' or 'auto'")
         sums_parts = self.gemv_configs.pop("sums_parts", 2)
-        if sums_parts not in (1, 2, 3, 4) or isinstance(sums_parts, bool):
-            raise ValueError(f"gemv_configs['sums_parts']={sums_parts!r}: 1, 2, 3 or 4")
+        if sums_parts not in range(1, SUMS_PARTS_MAX + 1) or isinstance(sums_parts, bool):
+            raise ValueError(f"gemv_configs['sums_parts']={sums_parts!r}: 1 to {SUMS_PARTS_MAX}")
         pgrid = self.gemv_configs.pop("persistent_grid", None)
         if pgrid is not None and (not isinstance(pgrid, int) or isinstance(pgrid, bool) or pgrid < 1):
             raise ValueError(f"gemv_configs['persistent_grid']={pgrid!r}: a positive number of CTAs, or None")

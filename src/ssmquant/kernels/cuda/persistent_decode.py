@@ -190,7 +190,7 @@ def split_codes_ref(words: torch.Tensor, N: int, K: int, ch: int) -> torch.Tenso
     return (f - 1).permute(1, 0, 2, 3).reshape(N, K).to(torch.int8)
 
 
-SUMS_PARTS_MAX = 4     # the sync buffer holds split_out's sums in up to this many parts (``SUMS_PARTS`` in the .cu)
+SUMS_PARTS_MAX = 4     # most parts split_out's sums may be kept in (``SUMS_PARTS`` in the .cu)
 STATIC_SMEM_MAX = 48 * 1024    # the kernel's static shared memory (activations, reductions) stays below this
 
 
@@ -333,7 +333,7 @@ class PersistentDecodeStep:
         # ngroups, d_model) fp32 partial sums of out_proj and (3, ngroups) sums of squares of h (the .cu uses 2 or 3
         # buffers, NBUF, of SUMS_PARTS parts).
         ng = cfg.ngroups
-        self.sync = torch.zeros(32 + 3 * SUMS_PARTS_MAX * ng * cfg.d_model + 3 * ng, dtype=torch.int32, device=dev)
+        self.sync = torch.zeros(32 + 3 * sums_parts * ng * cfg.d_model + 3 * ng, dtype=torch.int32, device=dev)
         # split_out (LL_ZX in the .cu): in_proj's outputs as {value, epoch} words, and the launches so far (never
         # reset: the epochs go on across launches).
         self.zxl = torch.zeros(win.shape[0], dtype=torch.int32, device=dev)
