@@ -68,16 +68,25 @@ SEGMENTS_SPLIT = [("wait_A", 0, 1), ("stage_A", 1, 2), ("in_proj_and_arrive", 2,
                   ("to_next_layer", 9, -1)]
 
 
-def trace_segments(step, n_layer: int) -> dict:
+# -DFINE_TRACE=1 (with out_proj split): in_proj's stamps 12 after the copies' issue hook, 13 after the lane's inputs,
+# 14 after its words' wait, 15 after the products, 16 after the stores; the SSM step's 17 after its words' spin,
+# 18 after the conv and its barrier, 19 at its end.
+SEGMENTS_FINE = [("in_proj_issue", 2, 12), ("in_proj_lane_x", 12, 13), ("in_proj_words_wait", 13, 14),
+                 ("in_proj_products", 14, 15), ("in_proj_sum_store", 15, 16), ("in_proj_to_3", 16, 3),
+                 ("ssm_spin", 5, 17), ("ssm_conv", 17, 18), ("ssm_update", 18, 19), ("ssm_to_6", 19, 6)]
+
+
+def trace_segments(step, n_layer: int, fine: bool = False) -> dict:
     """One traced launch: per segment, the median over CTAs and layers (us) and the slowest CTA's median."""
-    trace = torch.zeros(step.grid, n_layer, 24, dtype=torch.int64, device="cuda")
+    slots = 48 if fine else 24
+    trace = torch.zeros(step.grid, n_layer, slots, dtype=torch.int64, device="cuda")
     step(trace)
     torch.cuda.synchronize()
     t = trace.cpu().double()
     # ns per cycle, per CTA: (globaltimer, clock) pairs at the start (layer 0, slots 10 / 11) and end (layer 1).
     ns_per_cycle = (t[:, 1, 11] - t[:, 0, 11]) / (t[:, 1, 10] - t[:, 0, 10])
     out = {}
-    for name, a, b in SEGMENTS_SPLIT if step.split_out else SEGMENTS:
+    for name, a, b in (SEGMENTS_SPLIT + (SEGMENTS_FINE if fine else [])) if step.split_out else SEGMENTS:
         if b == -1:
             d = t[:, 1:, 0] - t[:, :-1, 9]
         elif a == 0:
@@ -91,7 +100,7 @@ def trace_segments(step, n_layer: int) -> dict:
         out[name] = {"median": us.median().item(), "max_cta": us.median(1).values.max().item()}
     # Barriers across CTAs (global timer): arrival skew (last minus first arrival) and latency (median release
     # minus last arrival), medians over layers. Arrive = slot 3 / 6 / 9, release = 5 / 7 / next layer's 1.
-    g = t[:, :, 12:] / 1000                                             # us
+    g = t[:, :, slots // 2:] / 1000                                     # us
     barriers = [("barrier_A", g[:, :, 3], g[:, :, 5]), ("barrier_B", g[:, :, 6], g[:, :, 7]),
                 ("barrier_C", g[:, :-1, 9], g[:, 1:, 1])]
     for name, arr, rel in barriers[::2] if step.split_out else barriers:
@@ -152,7 +161,8 @@ def main() -> None:
     if a.trace:
         step = build(variants.get(a.trace_variant, VARIANTS.get(a.trace_variant, ())))
         result["trace_variant"] = a.trace_variant
-        result["trace_us"] = trace_segments(step, cfg.n_layer)
+        fine = "-DFINE_TRACE=1" in variants.get(a.trace_variant, VARIANTS.get(a.trace_variant, ()))
+        result["trace_us"] = trace_segments(step, cfg.n_layer, fine)
         for k, v in result["trace_us"].items():
             what = ("latency", "arrival skew") if k.startswith("barrier") else ("median", "slowest CTA")
             print(f"  {k:22s} {what[0]} {v['median']:6.2f} us   {what[1]} {v['max_cta']:6.2f} us", flush=True)

@@ -106,6 +106,18 @@ constexpr int PAIR = 1, SCOLS = 1, SPLIT_WORDS_B = 0, SPLIT_SCALES_B = 0;
 #else
 #define TMA 0
 #endif
+// Thread 0 polls the barriers and issues the copies; the warp that adds the SSM item's sum of squares under
+// SPLIT_OUT and the thread that loads the item's dt and takes its softplus are others, so that the warp of thread 0,
+// whose lanes also load and convolve the item's first x / z channels, does less alone (1.3B on an H100: 7.85
+// against 8.03 us a layer, benchmarks/persistent_phases.py; moving thread 0's copies or the x / z channels to other
+// warps was slower).
+#ifndef SS_WARP
+#define SS_WARP (NW > 1 ? 1 : 0)
+#endif
+#ifndef DT_THREAD
+#define DT_THREAD ((CH + 31) / 32 * 32 < NT ? (CH + 31) / 32 * 32 : 0)   // the first warp after the x / z channels
+#endif
+static_assert(SS_WARP < NW && DT_THREAD < NT, "SS_WARP / DT_THREAD inside the CTA");
 
 struct LayerP {                       // one layer's tensors (persistent_decode.py builds the table)
     const uint4* in_w; const u16* in_s; const float* norm_w;
@@ -197,9 +209,13 @@ __device__ __forceinline__ float silu(float v) { return __fdividef(v, 1.0f + __e
 
 // Time stamps for benchmarks/persistent_phases.py --trace: thread 0 of each CTA writes, at points 0-9 of every
 // layer (4: SPLIT_OUT only; 4, 6 and 7 only in CTAs with an SSM item there), the SM clock (slot k) and the global
-// timer (slot 12 + k), comparable across SMs (``trace`` (GRID, NL, NTRACE) u64, or null: nothing is written).
-// Slots 10 / 11: calibration.
-#define NTRACE 24
+// timer (slot NTRACE / 2 + k), comparable across SMs (``trace`` (GRID, NL, NTRACE) u64, or null: nothing is written).
+// Slots 10 / 11: calibration. FINE_TRACE=1 (a debugging constant): also points 12-19 inside in_proj and the SSM step
+// (see ``fine_stamp``), 48 slots a layer, the global timer in slot 24 + k.
+#ifndef FINE_TRACE
+#define FINE_TRACE 0
+#endif
+#define NTRACE (FINE_TRACE ? 48 : 24)
 __device__ __forceinline__ u64 globaltimer() {
     u64 t;
     asm volatile("mov.u64 %0, %globaltimer;" : "=l"(t));
@@ -208,8 +224,11 @@ __device__ __forceinline__ u64 globaltimer() {
 __device__ __forceinline__ void stamp(u64* trace, int l, int k) {
     if (trace != nullptr && threadIdx.x == 0) {
         trace[((long long)blockIdx.x * NL + l) * NTRACE + k] = clock64();
-        trace[((long long)blockIdx.x * NL + l) * NTRACE + 12 + k] = globaltimer();
+        trace[((long long)blockIdx.x * NL + l) * NTRACE + NTRACE / 2 + k] = globaltimer();
     }
+}
+__device__ __forceinline__ void fine_stamp(u64* trace, int l, int k) {
+    if (FINE_TRACE) stamp(trace, l, k);
 }
 
 // ---------------------------------------------------------------- the grid barrier
@@ -621,8 +640,10 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
     stage_in();
     stamp(trace, l, RES ? 8 : 2);
     after_stage();
+    if (!RES) fine_stamp(trace, l, 12);
     float xr[16][PJ::WPL], sx[PJ::NPART];
     lane_x<PJ>(xs, xr, sx);
+    if (!RES) fine_stamp(trace, l, 13);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const LaneChunk lc = lane_chunk<PJ>();
     const int wg = lc.wg, c = lc.c;
@@ -630,6 +651,7 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
     constexpr int R = pow2_at_least(PJ::MAXR);
     static_assert(R <= 32, "at most 32 rows per warp");
     words_wait<PENDING>(mbar, parity); // the projection's words have landed (and are visible to this thread)
+    if (!RES) fine_stamp(trace, l, 14);
     const u32* bw = reinterpret_cast<const u32*>(buf) + wg * PJ::KWT + c * PJ::CW;
     float v[R];
 #pragma unroll
@@ -637,6 +659,7 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
         const int ii = i < PJ::MAXR ? i : 0;
         v[i] = i < PJ::MAXR ? row_dot<PJ>(bw + ii * PJ::NWG * PJ::KWT, xr, sx, sr[ii], lane) : 0.f;
     }
+    if (!RES) fine_stamp(trace, l, 15);
     const float sum = multi_warp_sum<R, 16, R>(v, lane);
     const int i = lane / (32 / R), local = i * PJ::NWG + wg;
     // in_proj with whole rows per warp writes directly; otherwise the chunks' partial sums meet in shared memory.
@@ -647,6 +670,7 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
         if (DIRECT) store_act(out_act, rb + local, sum, epoch);
         else part[local * PJ::NCH + c] = sum;
     }
+    if (!RES) fine_stamp(trace, l, 16);
     if (!DIRECT) {
         static_assert(!RES || PJ::RPC <= NT, "one thread per out_proj row of a CTA");
         __syncthreads();
@@ -779,8 +803,8 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
 
 __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const void* zxv, u32 epoch,
                                            float* hbuf, float* hsm, u64* hbar, float* sm, bool tma,
-                                           const void* stile, u64* mbar,
-                                           u32 parity) {
+                                           const void* stile, u64* mbar, u32 parity, u64* trace = nullptr,
+                                           int l = 0) {
     float* sm_x = sm;                 // CH
     float* sm_z = sm + CH;            // CH
     float* sm_bc = sm + 2 * CH;       // 2 NS
@@ -804,7 +828,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     }
 #pragma unroll
     for (int i = 0; i < BCPER; ++i) wbc[i] = t + i * NT < 2 * NS ? ld_ll(zl + E + bc_channel(item, t + i * NT)) : 0;
-    if (t == 0) wdt = ld_ll(zl + dt_row);
+    if (t == DT_THREAD) wdt = ld_ll(zl + dt_row);
     if (t < CH) {
         while ((wx >> 16) != epoch) wx = ld_ll(zl + E + ch);
         while ((wz >> 16) != epoch) wz = ld_ll(zl + ch);
@@ -817,10 +841,11 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
             while ((wbc[i] >> 16) != epoch) wbc[i] = ld_ll(zl + E + bc_channel(item, t + i * NT));
         raw_bc[i] = (u16)wbc[i];
     }
-    if (t == 0) {
+    if (t == DT_THREAD) {
         while ((wdt >> 16) != epoch) wdt = ld_ll(zl + dt_row);
         raw_dt = (u16)wdt;
     }
+    fine_stamp(trace, l, 17);
 #else
     const u16* zx = static_cast<const u16*>(zxv);
     if (t < CH) {
@@ -829,7 +854,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     }
 #pragma unroll
     for (int i = 0; i < BCPER; ++i) raw_bc[i] = t + i * NT < 2 * NS ? ld_h(zx + E + bc_channel(item, t + i * NT)) : 0;
-    if (t == 0) raw_dt = ld_h(zx + dt_row);
+    if (t == DT_THREAD) raw_dt = ld_h(zx + dt_row);
 #endif
     if (t < CH) {
         L.ring[ch * DCONV + slot] = raw_x;
@@ -845,7 +870,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
             sm_bc[tb] = rnd(conv_out(pre.bcr[i], pre.bcw[i], pre.bcb[i], act2f(raw_bc[i])));
         }
     }
-    if (t == 0) {
+    if (t == DT_THREAD) {
         float dt = act2f(raw_dt) + pre.dtb;
         sm_dt[0] = dt > 20.f ? dt : logf(1.f + expf(dt));    // softplus, torch's threshold
     }
@@ -853,6 +878,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     if (tma) mbar_wait(mbar, parity);
 #endif
     __syncthreads();
+    fine_stamp(trace, l, 18);
     if (t < CH * TPC) {
 #if TMA
         if (tma) state_unpack(stile, pre, false);
@@ -895,6 +921,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
         }
     }
     __syncthreads();                  // the item's shared memory is reused by the next item
+    fine_stamp(trace, l, 19);
 }
 
 // The updated state back to memory. Nothing reads it before the next step, so the last item's store is issued
@@ -1165,15 +1192,15 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
             ssm_finish(L, item, T, pre, zx_out, epoch_of(l), hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2],
-                       parity);
+                       parity, trace, l);
             if (!(TMA && first)) ssm_store(L, item, pre);
             const int grp = item / (P / CH) / (NH / NG);
-            if (threadIdx.x < 32) {                   // the item's share of its group's sum of squares
+            if (threadIdx.x / 32 == SS_WARP) {        // the item's share of its group's sum of squares
                 float q = 0.f;
-                for (int c = threadIdx.x; c < CH; c += 32) q += hsm[SCOLS + c];
+                for (int c = threadIdx.x % 32; c < CH; c += 32) q += hsm[SCOLS + c];
 #pragma unroll
                 for (int o = 16; o > 0; o >>= 1) q += __shfl_xor_sync(0xffffffffu, q, o);
-                if (threadIdx.x == 0) atomicAdd(ss_l + grp, q);
+                if (threadIdx.x % 32 == 0) atomicAdd(ss_l + grp, q);
             }
             stamp(trace, l, 6);
             if (first) {

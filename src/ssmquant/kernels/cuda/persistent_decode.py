@@ -354,8 +354,8 @@ class PersistentDecodeStep:
             raise RuntimeError(f"persistent step: only {n} clusters of two CTAs fit at once, {self.grid // 2} needed")
 
     def __call__(self, trace: torch.Tensor | None = None) -> None:
-        """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps
-        (benchmarks/persistent_phases.py --trace), or None."""
+        """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps (48 slots a layer
+        with -DFINE_TRACE=1; benchmarks/persistent_phases.py --trace), or None."""
         self.sync.zero_()
         p = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
         args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
