@@ -1038,14 +1038,17 @@ __device__ __forceinline__ void add_out(float4 (&v)[NormW<Proj<DIP, DM, KBIN, GI
                                         const float* ss, float eps) {
     using PV = Proj<DIP, DM, KBIN, GIN>;
     constexpr int PER = NormW<PV>::PER;
+    // The sums of squares and the partial sums loaded before any arithmetic on them (one round trip; 7.76 against
+    // 7.80 us a layer at 1.3B with the rsqrt between the loads).
     float r[NG];
 #pragma unroll
-    for (int g = 0; g < NG; ++g) r[g] = rsqrtf(ld_f(ss + g) / (E / NG) + eps);
+    for (int g = 0; g < NG; ++g) r[g] = ld_f(ss + g);
 #pragma unroll
     for (int g = 0; g < NG; ++g) {
         float4 p[SUMS_PARTS][PER];                    // (every part's loads first: one round trip)
 #pragma unroll
         for (int k = 0; k < SUMS_PARTS; ++k) load_vec<PV>(sums + k * NG * DM + g * DM, p[k]);
+        r[g] = rsqrtf(r[g] / (E / NG) + eps);
 #pragma unroll
         for (int k = 1; k < SUMS_PARTS; ++k)
 #pragma unroll
