@@ -3,10 +3,10 @@
     PYTHONPATH=src python benchmarks/decode_breakdown.py --preset 1.3b [--head int8] [--out b.json]
 
 Builds ``FastDecoder`` for a random ternary model of the preset's shape (the persistent step where "auto" takes it)
-and times graphs of growing prefixes of one step: the embedding; + the layers; + the head (final norm and
-logits); + sampling (greedy argmax); + appending the token (the whole step). Each graph holds ``--launches``
-copies of its prefix; median us per copy over ``--reps`` replays. The difference between consecutive prefixes is
-what that group adds to a step (launch gaps included).
+and times graphs of growing prefixes of one step: the embedding (empty where the persistent step reads it
+itself); + the layers; + the head (final norm and logits); + sampling (greedy argmax); + appending the token (the
+whole step). Each graph holds ``--launches`` copies of its prefix; median us per copy over ``--reps`` replays. The
+difference between consecutive prefixes is what that group adds to a step (launch gaps included).
 """
 
 from __future__ import annotations
@@ -38,9 +38,13 @@ def main() -> None:
     dec = FastDecoder(model, 1, 8)
     dec.start(torch.randint(0, 50000, (1, 16), device="cuda"))
     layers = dec.persistent if dec.persistent is not None else dec._layers
-    parts = [("embed", dec._embed), ("layers", layers), ("head", dec._head),
+    # Where the persistent step reads the embedding itself (FastDecoder._fused_ends), "embed" is empty and "layers"
+    # holds it.
+    fused = getattr(dec, "_fused_ends", False)      # (older trees: no such attribute)
+    embed = (lambda: None) if fused else dec._embed
+    parts = [("embed", embed), ("layers", layers), ("head", dec._head),
              ("sample", dec._sample), ("append", dec._append)]
-    result = {"preset": a.preset, "head": a.head, "env": environment(),
+    result = {"preset": a.preset, "head": a.head, "env": environment(), "fused_ends": fused,
               "layers_kernel": "persistent" if dec.persistent is not None else "per_layer", "rows": {}}
     prev = 0.0
     for i in range(len(parts)):

@@ -327,6 +327,45 @@ def test_persistent_step_sums_parts_gpu(sums_parts):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("scale_dtype", [torch.float16, torch.float32])
+def test_persistent_step_int8_embedding_and_head_gpu(scale_dtype):
+    """Tied int8 embedding and head: with fp16 row scales the split step reads the token's int8 embedding row
+    itself (EMB=2) and writes the head's normed input; with fp32 scales the embedding kernel and the head's own norm
+    run instead. Both against the per-layer step and the model, and graphed against eager tokens."""
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.cuda.persistent_decode import PersistentDecodeStep
+    from ssmquant.kernels.fast_decode import FastDecoder
+    from ssmquant.quant.int8 import quantize_int8_
+
+    _need_kernel()
+    m = random_model("1.3b", weights="ternary", n_layer=2)
+    quantize_int8_(m, embedding=True, head=True, scale_dtype=scale_dtype)
+    g = torch.Generator().manual_seed(3)
+    prompt = torch.randint(0, 50000, (1, 5), generator=g).cuda()
+    forced = torch.randint(0, 50000, (1, 6), generator=g).cuda()
+    pers = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "out_split": "pair"})
+    per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
+    assert pers._fused_ends == (scale_dtype == torch.float16)
+    a = _check_against_per_layer(pers, per_layer, prompt, forced)
+    with torch.no_grad():
+        cache = m.allocate_cache(1)
+        m(prompt, cache)
+        ref = torch.stack([m(forced[:, i:i + 1], cache)[:, -1].float() for i in range(forced.shape[1])], 1)
+    assert rel_err(a, ref) < 5e-3
+    assert torch.equal(pers.generate(prompt, 12, use_graph=False), pers.generate(prompt, 12, use_graph=True))
+    if scale_dtype == torch.float32:     # the step refuses such an embedding (one line, before compiling)
+        st = pers.persistent
+        with pytest.raises(ValueError, match="embedding torch.int8 with scale torch.float32"):
+            PersistentDecodeStep(m.config, pers.layers, pers.rings, pers.states, residual=pers.residual,
+                                 zx=pers.zx, h=pers.h, pos=pers.pos, eps=m.config.norm_eps, split_out=True,
+                                 pair=True, grid=st.grid, embed=(pers.ids, pers.emb, pers.emb_scale))
+        with pytest.raises(ValueError, match="need split_out"):
+            PersistentDecodeStep(m.config, pers.layers, pers.rings, pers.states, residual=pers.residual,
+                                 zx=pers.zx, h=pers.h, pos=pers.pos, eps=m.config.norm_eps, split_out=False,
+                                 grid=st.grid, final_norm=(pers.norm_f, pers.residual))
+
+
+@pytest.mark.gpu
 def test_persistent_step_bf16_gpu():
     """A bf16 model with bf16 SSM states (the kernel's other rounding paths) against the per-layer step."""
     from ssmquant.bench.models import random_model

@@ -51,6 +51,16 @@ typedef unsigned long long u64;
 #ifndef SPLIT_OUT
 #define SPLIT_OUT 0
 #endif
+// EMB (1 model-dtype rows, 2 int8 rows with fp16 scales) and FINAL_NORM, with SPLIT_OUT: the step reads the
+// embedding of ids[pos] itself (no embedding kernel before it) and writes the head's normed input ``xn`` (the head's
+// GEMV then needs no norm of its own).
+#ifndef EMB
+#define EMB 0
+#endif
+#ifndef FINAL_NORM
+#define FINAL_NORM 0
+#endif
+static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_OUT only");
 #ifndef SPLIT_STAGGER
 #define SPLIT_STAGGER 1   // each CTA starts its atomics at its own row (else all start at row 0 at once)
 #endif
@@ -1064,6 +1074,30 @@ __device__ __forceinline__ void add_out(float4 (&v)[NormW<Proj<DIP, DM, KBIN, GI
 }
 #endif
 
+// EMB (SPLIT_OUT only): the thread's elements (load_vec's) of the embedding row of token ids[T]; 1: rows in the model
+// dtype, 2: int8 rows times their fp16 scale, rounded to the model dtype (as ``quant.int8.Int8Embedding``).
+template <class PJ>
+__device__ __forceinline__ void emb_row(const long long* ids, const void* emb, const u16* emb_scale, int T,
+                                        float4 (&v)[NormW<PJ>::PER]) {
+    const long long tok = __ldg(ids + T);
+    const float sc = EMB == 2 ? h2f(__ldg(emb_scale + tok)) : 1.f;
+#pragma unroll
+    for (int i = 0; i < NormW<PJ>::PER; ++i) {
+        const int k4 = threadIdx.x + i * NT;
+        v[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (k4 >= PJ::K / 4) continue;
+        if (EMB == 2) {
+            const u32 q = __ldg(reinterpret_cast<const unsigned int*>(static_cast<const signed char*>(emb) +
+                                                                      tok * PJ::K) + k4);
+            auto b = [&](int j) { return rnd((float)(signed char)(q >> (8 * j)) * sc); };
+            v[i] = make_float4(b(0), b(1), b(2), b(3));
+        } else {
+            const uint2 q = __ldg(reinterpret_cast<const uint2*>(static_cast<const u16*>(emb) + tok * PJ::K) + k4);
+            v[i] = make_float4(act2f(q.x & 0xffffu), act2f(q.x >> 16), act2f(q.y & 0xffffu), act2f(q.y >> 16));
+        }
+    }
+}
+
 // ---------------------------------------------------------------- the kernel
 using PA = Proj<DIP, DM, KBIN, GIN>;
 using PC = Proj<DM, E, KBOUT, GOUT>;
@@ -1083,7 +1117,9 @@ extern "C" __global__ void __launch_bounds__(NT, 1)
 __cluster_dims__(2, 1, 1)
 #endif
 persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, float* hbuf,
-                  const int* __restrict__ pos, u32* bar, float* sums, float eps, u64* trace, u32* zxl, u32* genp) {
+                  const int* __restrict__ pos, u32* bar, float* sums, float eps, u64* trace, u32* zxl, u32* genp,
+                  const long long* __restrict__ ids, const void* __restrict__ emb, const u16* __restrict__ emb_scale,
+                  const float* __restrict__ norm_f, u16* xn) {
     // Cycle -> time calibration for the trace: (clock, globaltimer) at the start and at the end.
     if (trace != nullptr && threadIdx.x == 0) {
         trace[(long long)blockIdx.x * NL * NTRACE + 10] = clock64();
@@ -1131,7 +1167,11 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     auto epoch_of = [&](int l) { return (u32)(gen * NL + l + 1) & 0xffffu; };
     void* zx_out = LL_ZX ? static_cast<void*>(zxl) : static_cast<void*>(zx);
     float4 res[NormW<PA>::PER];                      // the thread's elements of the residual, across layers
+#if EMB
+    emb_row<PA>(ids, emb, emb_scale, T, res);        // the residual starts as the embedding of ids[pos]
+#else
     load_vec<PA>(residual, res);
+#endif
     float res_own = 0.f;                             // (project's out_proj register: unused here)
     LayerP L = layers[0];
     prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
@@ -1240,6 +1280,14 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             const int k4 = threadIdx.x + i * NT;
             if (k4 < DM / 4) reinterpret_cast<float4*>(residual)[k4] = res[i];
         }
+#if FINAL_NORM
+        // The head's input: rmsnorm(residual) * norm_f in the model dtype, once here instead of in every program
+        // of the head's GEMV (which read the residual twice and the norm weight once: 150 MB from L2 at 1.3B).
+        NormW<PA> nf;
+        prefetch_norm<PA>(norm_f, nf);
+        norm_to_shared<PA, 1>(res, nf, eps, xs, red);
+        for (int k = threadIdx.x; k < DM; k += NT) xn[k] = f2act(xs[k + (k / PA::KB) * PA::XPAD]);
+#endif
     }
 #else
     u16 sc[PC::MAXR][PC::NPART];

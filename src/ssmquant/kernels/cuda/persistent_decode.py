@@ -282,7 +282,8 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
 
 
 class PersistentDecodeStep:
-    """Launches the persistent kernel over ``FastDecoder``'s buffers: residual (1, d_model) fp32 in and out, zx
+    """Launches the persistent kernel over ``FastDecoder``'s buffers: residual (1, d_model) fp32 in (unless
+    ``embed``) and out, zx
     (1, d_in_proj) and h (1, d_inner) fp32 as scratch, per-layer rings and states updated in place, ``pos`` the
     token counter; ``grid`` CTAs (default one per SM). Build with :func:`persistent_error` returning None."""
 
@@ -291,7 +292,8 @@ class PersistentDecodeStep:
 
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  pair: bool = False, sums_parts: int = 2, grid: int | None = None,
-                 extra_options: tuple[str, ...] = ()):
+                 extra_options: tuple[str, ...] = (), embed: tuple | None = None,
+                 final_norm: tuple | None = None):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -306,6 +308,32 @@ class PersistentDecodeStep:
         if not 1 <= sums_parts <= SUMS_PARTS_MAX:
             raise ValueError(f"persistent step: sums_parts={sums_parts} (1 to {SUMS_PARTS_MAX})")
         self.sums_parts = sums_parts
+        # embed = (ids, emb, emb_scale): the step starts from the embedding of ids[0, pos] itself (EMB in the .cu);
+        # final_norm = (norm_f, xn): it also writes rmsnorm(residual) * norm_f to xn (1, d_model) in the model dtype
+        # for the head (FINAL_NORM). Both need split_out.
+        self.embed, self.final_norm = embed, final_norm
+        emb_mode = 0
+        if (embed is not None or final_norm is not None) and not split_out:
+            raise ValueError("persistent step: embed / final_norm need split_out")
+        if embed is not None:
+            ids, emb, emb_scale = embed
+            if ids.dtype != torch.int64 or ids.shape[0] != 1 or not ids.is_contiguous():
+                raise ValueError("persistent step: ids must be a contiguous (1, n) int64 tensor")
+            if emb_scale is None and emb.dtype == zx.dtype:
+                emb_mode = 1
+            elif emb.dtype == torch.int8 and emb_scale is not None and emb_scale.dtype == torch.float16:
+                emb_mode = 2
+            else:
+                raise ValueError(f"persistent step: embedding {emb.dtype} with scale "
+                                 f"{None if emb_scale is None else emb_scale.dtype} (model-dtype rows, or int8 "
+                                 "rows with fp16 scales)")
+            if emb.shape[1] != cfg.d_model or not emb.is_contiguous():
+                raise ValueError(f"persistent step: embedding rows of {emb.shape[1]}, d_model {cfg.d_model}")
+        if final_norm is not None:
+            norm_f, xn = final_norm
+            if norm_f.dtype != torch.float32 or xn.dtype != zx.dtype or xn.numel() != cfg.d_model:
+                raise ValueError("persistent step: final_norm = (fp32 (d_model,) weight, (1, d_model) model-dtype "
+                                 "output)")
         # split_out: out_proj again in the split layout (the per-layer kernels keep the GEMV layout).
         self.split = [split_layout(L.out_w, ch * (1 + self.pair)) if split_out else (L.out_w.words, L.out_w.scale)
                       for L in layers]
@@ -317,7 +345,8 @@ class PersistentDecodeStep:
             f"-DKBOUT={wout.block}", f"-DNW={nw}", f"-DGRID={self.grid}", f"-DCH={ch}", f"-DTPC={tpc}",
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
-            f"-DSUMS_PARTS={sums_parts}", *extra_options]
+            f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
+            *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
@@ -358,9 +387,13 @@ class PersistentDecodeStep:
         with -DFINE_TRACE=1; benchmarks/persistent_phases.py --trace), or None."""
         self.sync.zero_()
         p = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
+        null = ctypes.c_void_p(0)
+        ids, emb, emb_scale = self.embed if self.embed is not None else (None, None, None)
+        norm_f, xn = self.final_norm if self.final_norm is not None else (None, None)
+        q = lambda t: null if t is None else p(t)
         args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
                 ctypes.c_float(self.eps), ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), p(self.zxl),
-                p(self.gen)]
+                p(self.gen), q(ids), q(emb), q(emb_scale), q(norm_f), q(xn)]
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
