@@ -5,13 +5,15 @@
 Builds ``FastDecoder`` for a random ternary model of the preset's shape (the persistent step where "auto" takes it)
 and times graphs of growing prefixes of one step: the embedding (empty where the persistent step reads it
 itself); + the layers; + the head (final norm and logits); + sampling (greedy argmax); + appending the token (the
-whole step). Each graph holds ``--launches`` copies of its prefix; median us per copy over ``--reps`` replays. The
-difference between consecutive prefixes is what that group adds to a step (launch gaps included).
+whole step; empty where the argmax appends it). Each graph holds ``--launches`` copies of its prefix; median us
+per copy over ``--reps`` replays. The difference between consecutive prefixes is what that group adds to a step
+(launch gaps included).
 """
 
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 
 import torch
@@ -35,20 +37,26 @@ def main() -> None:
     model = random_model(a.preset, weights="ternary")
     if a.head == "int8":
         quantize_int8_(model, embedding=True, head=True)
-    dec = FastDecoder(model, 1, 8)
+    # ids room for every appended token of the timing graphs (pos is reset before each; the append writes ids[pos + 1])
+    dec = FastDecoder(model, 1, 4096)
     dec.start(torch.randint(0, 50000, (1, 16), device="cuda"))
     layers = dec.persistent if dec.persistent is not None else dec._layers
     # Where the persistent step reads the embedding itself (FastDecoder._fused_ends), "embed" is empty and "layers"
-    # holds it.
-    fused = getattr(dec, "_fused_ends", False)      # (older trees: no such attribute)
-    embed = (lambda: None) if fused else dec._embed
-    parts = [("embed", embed), ("layers", layers), ("head", dec._head),
-             ("sample", dec._sample), ("append", dec._append)]
+    # holds it; where the argmax appends the token (``_sample(append=True)``), "append" is empty and "sample" holds
+    # it. (Older trees have neither.)
+    fused = getattr(dec, "_fused_ends", False)
+    fused_append = "append" in inspect.signature(dec._sample).parameters
+    nothing = lambda: None
+    parts = [("embed", nothing if fused else dec._embed), ("layers", layers), ("head", dec._head),
+             ("sample", (lambda: dec._sample(append=True)) if fused_append else dec._sample),
+             ("append", nothing if fused_append else dec._append)]
     result = {"preset": a.preset, "head": a.head, "env": environment(), "fused_ends": fused,
+              "fused_append": fused_append,
               "layers_kernel": "persistent" if dec.persistent is not None else "per_layer", "rows": {}}
     prev = 0.0
     for i in range(len(parts)):
         fns = [f for _, f in parts[:i + 1]]
+        dec.pos.zero_()
         us = _time(lambda fns=fns: [f() for f in fns], a.launches, a.reps)
         name = parts[i][0]
         result["rows"][name] = {"prefix_us": us, "adds_us": us - prev}

@@ -45,3 +45,23 @@ def test_argmax_rejects_bad_input():
         am(torch.zeros(2, 8, device=DEVICE), torch.zeros(2, dtype=torch.int64, device=DEVICE))
     with pytest.raises(ValueError, match="int64"):
         am(torch.zeros(1, 8, device=DEVICE), torch.zeros(1, dtype=torch.int32, device=DEVICE))
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_argmax_appends_the_token_and_advances_pos_once(rows):
+    """``append``: each row's token also lands in ids[m, pos + 1], and pos moves on by one after every row (the
+    decode step's append, done by the argmax's last program); pos and the row counter hold across calls."""
+    g = torch.Generator().manual_seed(rows)
+    am = ArgmaxRows(rows, DEVICE)
+    out = torch.empty(rows, dtype=torch.int64, device=DEVICE)
+    ids = torch.zeros(rows, 6, dtype=torch.int64, device=DEVICE)
+    pos = torch.tensor(1, dtype=torch.int32, device=DEVICE)
+    for call in range(3):
+        x = torch.randn(rows, 9000, generator=g).to(DEVICE)
+        am(x, out, append=(ids, pos))
+        assert torch.equal(out, x.argmax(-1))
+        assert torch.equal(ids[:, 2 + call], out) and int(pos) == 2 + call
+    assert not ids[:, :2].any() and not ids[:, 5:].any()
+    assert int(am.rows_done) == 0 and int(am.count.sum()) == 0
+    with pytest.raises(ValueError, match="append"):
+        am(x, out, append=(ids.int(), pos))

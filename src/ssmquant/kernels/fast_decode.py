@@ -82,15 +82,6 @@ def _embed_kernel(ids_ptr, stride_im, pos_ptr, emb_ptr, stride_e, scale_ptr, dty
         tl.store(out_ptr + m * stride_om + dd, v, mask=dd < D)
 
 
-@triton.jit
-def _append_kernel(tok_ptr, ids_ptr, stride_im, pos_ptr, M, BM: tl.constexpr):
-    pos = tl.load(pos_ptr)
-    mm = tl.arange(0, BM)
-    tok = tl.load(tok_ptr + mm, mask=mm < M)
-    tl.store(ids_ptr + mm * stride_im + pos + 1, tok, mask=mm < M)
-    tl.store(pos_ptr, pos + 1)
-
-
 def fast_decode_supported(model: nn.Module) -> bool:
     """Whether :class:`FastDecoder` can run ``model`` (projection, embedding and head types; CUDA or interpreter)."""
     from ..quant.int8 import Int8Embedding, Int8Linear
@@ -349,10 +340,13 @@ class FastDecoder:
             self._layers()
         self._head()
 
-    def _sample(self) -> None:
+    def _sample(self, append: bool = False) -> None:
+        """tok = the next token of each row (greedy or sampled); ``append``: also ids[:, pos + 1] = tok and pos += 1,
+        in the argmax's last program (one launch fewer a step)."""
+        app = (self.ids, self.pos) if append else None
         logits = self.logits[:, :self.vocab_size]
         if self.temperature <= 0:
-            self._argmax(logits, self.tok)
+            self._argmax(logits, self.tok, append=app)
             return
         logits = logits / self.temperature
         if self.top_k and self.top_k < logits.shape[-1]:
@@ -360,17 +354,12 @@ class FastDecoder:
             logits = logits.masked_fill(logits < kth, float("-inf"))
         # Exponential race: argmax p_i / E_i with E_i ~ Exp(1) samples i with probability p_i (no host sync).
         probs = torch.softmax(logits, dim=-1)
-        self._argmax(probs / torch.empty_like(probs).exponential_(), self.tok)
-
-    def _append(self) -> None:
-        _append_kernel[(1,)](self.tok, self.ids, self.ids.stride(0), self.pos, self.batch_size,
-                             BM=triton.next_power_of_2(self.batch_size), num_warps=1)
+        self._argmax(probs / torch.empty_like(probs).exponential_(), self.tok, append=app)
 
     def step(self) -> None:
         """One token for every sequence: ids[:, pos] -> logits -> ids[:, pos + 1]; pos += 1. Eager."""
         self._forward()
-        self._sample()
-        self._append()
+        self._sample(append=True)
 
     # ----- prompt and cache -----
     @torch.no_grad()

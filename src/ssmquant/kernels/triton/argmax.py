@@ -23,22 +23,44 @@ INT64_MIN = -(2**63)
 
 
 @triton.jit
-def _argmax_kernel(x_ptr, stride_m, N, key_ptr, count_ptr, out_ptr, BLOCK: tl.constexpr):
-    m = tl.program_id(0)
-    pid = tl.program_id(1)
-    offs = pid * BLOCK + tl.arange(0, BLOCK)
-    v = tl.load(x_ptr + m * stride_m + offs, mask=offs < N, other=float("-inf")).to(tl.float32) + 0.0  # -0 -> +0
+def _fold_argmax(v, offs, N, key_ptr, count_ptr, out_ptr, programs, APPEND: tl.constexpr, ids_ptr, pos_ptr,
+                 rows_ptr, M):
+    """One program's share of a row's argmax: ``v`` (BLOCK,) fp32 values at indices ``offs`` (those >= N are
+    ignored) folded into the row's key (``key_ptr``) by an atomic max; the ``programs``-th program to arrive
+    (``count_ptr``) writes the token to ``out_ptr`` and resets key and counter. APPEND: it also writes the token to
+    ``ids_ptr`` (the row's ids) at pos + 1, and the last of the M rows to finish (``rows_ptr``) advances ``pos``
+    (FastDecoder's append step: one launch fewer)."""
+    v = tl.where(offs < N, v, float("-inf")) + 0.0                  # -0 -> +0
     bits = v.to(tl.int32, bitcast=True)
     ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
     best = tl.max(ordered, 0)
     idx = tl.min(tl.where(ordered == best, offs, N), 0)
     key = (best.to(tl.int64) << 32) | (0xFFFFFFFF - idx.to(tl.int64))
-    tl.atomic_max(key_ptr + m, key)
-    done = tl.atomic_add(count_ptr + m, 1)             # acq_rel: the last sees every program's max
-    if done == tl.num_programs(1) - 1:
-        final = tl.atomic_xchg(key_ptr + m, -9223372036854775808)
-        tl.atomic_xchg(count_ptr + m, 0)
-        tl.store(out_ptr + m, 0xFFFFFFFF - (final & 0xFFFFFFFF))
+    tl.atomic_max(key_ptr, key)
+    done = tl.atomic_add(count_ptr, 1)                 # acq_rel: the last sees every program's max
+    if done == programs - 1:
+        final = tl.atomic_xchg(key_ptr, -9223372036854775808)
+        tl.atomic_xchg(count_ptr, 0)
+        tok = 0xFFFFFFFF - (final & 0xFFFFFFFF)
+        tl.store(out_ptr, tok)
+        if APPEND:
+            pos = tl.load(pos_ptr)
+            tl.store(ids_ptr + pos + 1, tok)
+            # Every row reads pos before its own increment here (acq_rel): the last row moves it on.
+            if tl.atomic_add(rows_ptr, 1) == M - 1:
+                tl.atomic_xchg(rows_ptr, 0)
+                tl.store(pos_ptr, pos + 1)
+
+
+@triton.jit
+def _argmax_kernel(x_ptr, stride_m, N, key_ptr, count_ptr, out_ptr, ids_ptr, stride_im, pos_ptr, rows_ptr, M,
+                   BLOCK: tl.constexpr, APPEND: tl.constexpr):
+    m = tl.program_id(0)
+    pid = tl.program_id(1)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    v = tl.load(x_ptr + m * stride_m + offs, mask=offs < N, other=float("-inf")).to(tl.float32)
+    _fold_argmax(v, offs, N, key_ptr + m, count_ptr + m, out_ptr + m, tl.num_programs(1), APPEND,
+                ids_ptr + m * stride_im, pos_ptr, rows_ptr, M)
 
 
 class ArgmaxRows:
@@ -50,14 +72,23 @@ class ArgmaxRows:
     def __init__(self, rows: int, device):
         self.key = torch.full((rows,), INT64_MIN, dtype=torch.int64, device=device)
         self.count = torch.zeros(rows, dtype=torch.int32, device=device)
+        self.rows_done = torch.zeros(1, dtype=torch.int32, device=device)     # (fold_argmax's APPEND)
 
-    def __call__(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, out: torch.Tensor, append: tuple | None = None) -> torch.Tensor:
+        """``append = (ids, pos)``: also ids[m, pos + 1] = out[m] ((M, L) int64, unit last stride) and pos += 1
+        (one int32), once every row is done."""
         M, N = x.shape
         if M > self.key.numel() or x.stride(1) != 1 or out.dtype != torch.int64 or N >= 2**31:
             raise ValueError(f"ArgmaxRows: x {tuple(x.shape)} stride {x.stride()}, out {out.dtype} (rows <= "
                              f"{self.key.numel()}, unit stride along N, int64 out)")
-        _argmax_kernel[(M, triton.cdiv(N, self.BLOCK))](x, x.stride(0), N, self.key, self.count, out,
-                                                       BLOCK=self.BLOCK, num_warps=8)
+        ids, pos = append if append is not None else (out, out)
+        if append is not None and (ids.dtype != torch.int64 or ids.shape[0] != M or ids.stride(1) != 1
+                                   or pos.numel() != 1 or pos.dtype != torch.int32):
+            raise ValueError(f"ArgmaxRows: append to ids {tuple(ids.shape)} {ids.dtype} at pos {pos.dtype} "
+                             f"(({M}, L) int64 with unit last stride, one int32)")
+        _argmax_kernel[(M, triton.cdiv(N, self.BLOCK))](x, x.stride(0), N, self.key, self.count, out, ids,
+                                                       ids.stride(0), pos, self.rows_done, M, BLOCK=self.BLOCK,
+                                                       APPEND=append is not None, num_warps=8)
         return out
 
 
