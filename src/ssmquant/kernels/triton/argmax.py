@@ -30,6 +30,10 @@ def _fold_argmax(v, offs, N, key_ptr, count_ptr, out_ptr, programs, APPEND: tl.c
     (``count_ptr``) writes the token to ``out_ptr`` and resets key and counter. APPEND: it also writes the token to
     ``ids_ptr`` (the row's ids) at pos + 1, and the last of the M rows to finish (``rows_ptr``) advances ``pos``
     (FastDecoder's append step: one launch fewer)."""
+    if APPEND:
+        # Read before this program's arrival, so that the last one need not wait for it; pos changes only after
+        # every program of every row has arrived.
+        pos = tl.load(pos_ptr)
     v = tl.where(offs < N, v, float("-inf")) + 0.0                  # -0 -> +0
     bits = v.to(tl.int32, bitcast=True)
     ordered = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)
@@ -44,10 +48,10 @@ def _fold_argmax(v, offs, N, key_ptr, count_ptr, out_ptr, programs, APPEND: tl.c
         tok = 0xFFFFFFFF - (final & 0xFFFFFFFF)
         tl.store(out_ptr, tok)
         if APPEND:
-            pos = tl.load(pos_ptr)
             tl.store(ids_ptr + pos + 1, tok)
-            # Every row reads pos before its own increment here (acq_rel): the last row moves it on.
-            if tl.atomic_add(rows_ptr, 1) == M - 1:
+            if M == 1:
+                tl.store(pos_ptr, pos + 1)
+            elif tl.atomic_add(rows_ptr, 1) == M - 1:      # acq_rel: the last row to finish moves pos on
                 tl.atomic_xchg(rows_ptr, 0)
                 tl.store(pos_ptr, pos + 1)
 
