@@ -16,7 +16,9 @@ earlier phase computes: out_proj's words and the state tile during in_proj, the 
 write-back, a TMA store) during out_proj. They are issued after that phase has read its activations, not just
 before a barrier: a barrier completes only once the memory requests queued ahead of its counter update and polls
 have drained (measured: a barrier after a prefetch burst took 4 us instead of 0.5; benchmarks/RESULTS.md). The
-embedding before and the head after stay separate kernels (``FastDecoder``).
+head after stays a separate kernel (``FastDecoder``); with the split out_proj below the step reads the token's
+embedding row itself (``embed``) and writes the head's normed input (``final_norm``), so that the head's GEMV needs
+no norm of its own (which made each of its programs read the fp32 residual twice).
 
 Arithmetic. The projections decode the GEMV layout (``kernels/layout.py``) as ``triton/gemv.py`` does (a field
 masked in place is an fp32 denormal; one FFMA per weight against pre-scaled activations); each lane keeps its
