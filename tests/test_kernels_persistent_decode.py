@@ -247,6 +247,14 @@ def _models():
     }
 
 
+@torch.no_grad()
+def _model_logits(m, prompt, forced):
+    """The PyTorch model's teacher-forced logits: prefill ``prompt``, then ``forced`` one token at a time."""
+    cache = m.allocate_cache(1)
+    m(prompt, cache)
+    return torch.stack([m(forced[:, i:i + 1], cache)[:, -1].float() for i in range(forced.shape[1])], 1)
+
+
 def _check_against_per_layer(pers, per_layer, prompt, forced):
     """Teacher-forced logits, SSM states and conv rings of the persistent step within 2e-3 of the per-layer step's
     (the rings hold raw in_proj outputs, whose normed input is rounded differently). Returns the logits."""
@@ -296,11 +304,7 @@ def test_persistent_step_matches_per_layer_step_gpu(name, state_dtype, split):
     step = pers.persistent
     assert step.kernel.blocks_per_sm(step.threads, step.smem) >= 1   # the whole grid is resident
     a = _check_against_per_layer(pers, per_layer, prompt, forced)
-    with torch.no_grad():
-        cache = m.allocate_cache(1)
-        m(prompt, cache)
-        ref = torch.stack([m(forced[:, i:i + 1], cache)[:, -1].float() for i in range(forced.shape[1])], 1)
-    assert rel_err(a, ref) < 5e-3
+    assert rel_err(a, _model_logits(m, prompt, forced)) < 5e-3
     eager = pers.generate(prompt, 12, use_graph=False)
     graphed = pers.generate(prompt, 12, use_graph=True)
     assert torch.equal(eager, graphed)
@@ -347,11 +351,7 @@ def test_persistent_step_int8_embedding_and_head_gpu(scale_dtype):
     per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
     assert pers._fused_ends == (scale_dtype == torch.float16)
     a = _check_against_per_layer(pers, per_layer, prompt, forced)
-    with torch.no_grad():
-        cache = m.allocate_cache(1)
-        m(prompt, cache)
-        ref = torch.stack([m(forced[:, i:i + 1], cache)[:, -1].float() for i in range(forced.shape[1])], 1)
-    assert rel_err(a, ref) < 5e-3
+    assert rel_err(a, _model_logits(m, prompt, forced)) < 5e-3
     assert torch.equal(pers.generate(prompt, 12, use_graph=False), pers.generate(prompt, 12, use_graph=True))
     if scale_dtype == torch.float32:     # the step refuses such an embedding (one line, before compiling)
         st = pers.persistent

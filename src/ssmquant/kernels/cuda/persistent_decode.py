@@ -285,9 +285,10 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
 
 class PersistentDecodeStep:
     """Launches the persistent kernel over ``FastDecoder``'s buffers: residual (1, d_model) fp32 in (unless
-    ``embed``) and out, zx
-    (1, d_in_proj) and h (1, d_inner) fp32 as scratch, per-layer rings and states updated in place, ``pos`` the
-    token counter; ``grid`` CTAs (default one per SM). Build with :func:`persistent_error` returning None."""
+    ``embed``) and out, zx (1, d_in_proj) and h (1, d_inner) fp32 as scratch, per-layer rings and states updated in
+    place, ``pos`` the token counter; ``grid`` CTAs (default one per SM). With ``split_out``, ``embed = (ids, emb,
+    emb_scale)`` has the step read the embedding of ids[0, pos] itself and ``final_norm = (norm_f, xn)`` write the
+    head's normed input. Build with :func:`persistent_error` returning None."""
 
     FIELDS = ("in_words", "in_scale", "norm_w", "conv_w", "conv_b", "dt_bias", "A", "D", "gnorm_w", "out_words",
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")

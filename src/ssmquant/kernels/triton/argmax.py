@@ -4,6 +4,8 @@ Why. ``torch.argmax`` over one row of 50k logits runs a single-CTA reduction: 17
 H100 (``benchmarks/decode_breakdown.py``), about 3% of the step. Here each program reduces a block of the row and
 folds its (value, index) into one int64 per row by an atomic max; the last program to finish (a counter) reads the
 result, writes the token and resets the key and the counter, so the kernel is self-contained inside a CUDA graph.
+With ``append`` it also writes the token after the sequence's last one and advances the decoder's position (the
+decode step's append, without a launch of its own).
 
 The key orders like torch.argmax: value first, then the *lowest* index among equal values. A float's bits read as
 int32 order like the float for non-negatives; for negatives the magnitude bits are flipped. NaN compares above
@@ -28,8 +30,8 @@ def _fold_argmax(v, offs, N, key_ptr, count_ptr, out_ptr, programs, APPEND: tl.c
     """One program's share of a row's argmax: ``v`` (BLOCK,) fp32 values at indices ``offs`` (those >= N are
     ignored) folded into the row's key (``key_ptr``) by an atomic max; the ``programs``-th program to arrive
     (``count_ptr``) writes the token to ``out_ptr`` and resets key and counter. APPEND: it also writes the token to
-    ``ids_ptr`` (the row's ids) at pos + 1, and the last of the M rows to finish (``rows_ptr``) advances ``pos``
-    (FastDecoder's append step: one launch fewer)."""
+    ``ids_ptr`` (the row's ids) at pos + 1, and the last of the M rows to finish (``rows_ptr``; at M = 1 that row's
+    last program directly) advances ``pos`` (FastDecoder's append step: one launch fewer)."""
     if APPEND:
         # Read before this program's arrival, so that the last one need not wait for it; pos changes only after
         # every program of every row has arrived.
@@ -76,7 +78,7 @@ class ArgmaxRows:
     def __init__(self, rows: int, device):
         self.key = torch.full((rows,), INT64_MIN, dtype=torch.int64, device=device)
         self.count = torch.zeros(rows, dtype=torch.int32, device=device)
-        self.rows_done = torch.zeros(1, dtype=torch.int32, device=device)     # (fold_argmax's APPEND)
+        self.rows_done = torch.zeros(1, dtype=torch.int32, device=device)     # (_fold_argmax's APPEND)
 
     def __call__(self, x: torch.Tensor, out: torch.Tensor, append: tuple | None = None) -> torch.Tensor:
         """``append = (ids, pos)``: also ids[m, pos + 1] = out[m] ((M, L) int64, unit last stride) and pos += 1
