@@ -247,8 +247,9 @@ def _gemv_kernel(x_ptr, stride_xm, nw_ptr, w_ptr, stride_wn, s_ptr, stride_sn, r
     tl.store(out_ptr + m * stride_om + offs_n, out.to(out_ptr.dtype.element_ty), mask=nmask)
 
 
-def default_config(N: int, K: int, ternary: bool, bits: int = 2) -> dict:
-    """Tile sizes: every program loads its whole weight slice in one or two tiles, so many loads are in flight."""
+def default_config(N: int, K: int, ternary: bool, bits: int = 2, int8: bool = False) -> dict:
+    """Tile sizes: every program loads its whole weight slice in one or two tiles, so many loads are in flight.
+    ``int8``: dense int8 rows without a fused norm."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         # The CPU interpreter's cost grows with the number of programs, not with tile size.
         return dict(BN=min(256, triton.next_power_of_2(N)), BKW=min(64, triton.next_power_of_2(K * bits // 32)),
@@ -274,7 +275,11 @@ def default_config(N: int, K: int, ternary: bool, bits: int = 2) -> dict:
         else:
             bkw = min(64, triton.next_power_of_2(kwt))
         return dict(BN=8, BKW=bkw, num_warps=max(1, bkw // 128), maxnreg=168)
-    # Measured on H100 (benchmarks/gpu_inference.py --sweep): 4 rows per program for the projections, 8 for the head.
+    # Measured on H100 (benchmarks/gpu_inference.py --sweep): 4 rows per program for the projections, 8 for the head;
+    # the int8 head at 4 rows and 2 warps: 37.8-38.2 against 39.9-40.0 us at 8 rows and 4 warps at 1.3B
+    # (benchmarks/head_tiles.py, run 49).
+    if int8 and N >= 16384 and K >= 512:
+        return {"BN": 4, "BKW": 512, "num_warps": 2}
     return dict(BN=4 if N < 16384 else 8, BKW=512 if K >= 512 else triton.next_power_of_2(K), num_warps=4)
 
 
@@ -319,7 +324,10 @@ def gemv(x: torch.Tensor, weight, *, norm: str | None = None, norm_weight: torch
         out = torch.empty(M, N, device=x.device, dtype=out_dtype)
     if residual is not None and residual.shape != (M, N):
         raise ValueError(f"residual must be ({M}, {N})")
-    cfg = dict(default_config(N, K, ternary, weight.bits if ternary else 2), **(config or {}))
+    # (int8 rows without a fused norm, as the decoder's head after the persistent step: their own tile; with the norm
+    # every program reads the activations twice, and more programs cost more: 451.5 against 445.8 us a step, run 34.)
+    int8_plain = not ternary and weight.dtype == torch.int8 and norm is None
+    cfg = dict(default_config(N, K, ternary, weight.bits if ternary else 2, int8_plain), **(config or {}))
     pdl = resolve_pdl(cfg.pop("pdl", None))
     if ternary:
         w_ptr, stride_wn, s_ptr, stride_sn = weight.words, weight.words.stride(0), weight.scale, weight.scale.stride(0)
