@@ -131,6 +131,18 @@ def test_split_layout_round_trip(N, K, ch, group):
     assert [((word >> (2 * j)) & 3) - 1 for j in range(16)] == codes[2, ch:ch + 16].tolist()
 
 
+def test_embed_mode_of_each_embedding_kind():
+    """Which embeddings the step reads itself (FastDecoder keeps its embedding kernel for the others)."""
+    from ssmquant.kernels.cuda.persistent_decode import embed_mode
+
+    rows16, q = torch.zeros(4, 8, dtype=torch.float16), torch.zeros(4, 8, dtype=torch.int8)
+    assert embed_mode(rows16, None, torch.float16) == 1
+    assert embed_mode(rows16, None, torch.bfloat16) == 0                  # rows not in the model dtype
+    assert embed_mode(q, torch.ones(4, dtype=torch.float16), torch.bfloat16) == 2
+    assert embed_mode(q, torch.ones(4, dtype=torch.float32), torch.float16) == 0   # only fp16 scales
+    assert embed_mode(q, None, torch.float16) == 0
+
+
 def test_split_error_names_each_refusal():
     cfg = SimpleNamespace(d_model=2048, d_inner=4096, nheads=64, headdim=64, d_state=128, ngroups=1)
     out64 = SimpleNamespace(group_size=64)

@@ -51,6 +51,7 @@ from .cuda.persistent_decode import (
     PersistentDecodeStep,
     auto_declines,
     auto_split,
+    embed_mode,
     persistent_error,
 )
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
@@ -241,7 +242,7 @@ class FastDecoder:
                 split = out_split is not False
                 # Split: the step also reads the token's embedding and writes the head's normed input itself (one
                 # launch fewer, and the head's GEMV reads 4 KB of activations a program instead of 24 KB).
-                fuse = split and (self.emb_scale is None or self.emb_scale.dtype == torch.float16)
+                fuse = split and embed_mode(self.emb, self.emb_scale, dtype) > 0
                 self.xn = torch.zeros(M, cfg.d_model, dtype=dtype, **kw) if fuse else None
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,

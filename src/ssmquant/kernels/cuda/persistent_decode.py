@@ -283,6 +283,16 @@ def persistent_error(cfg, layers, batch: int, dtype: torch.dtype, device: torch.
     return None
 
 
+def embed_mode(emb: torch.Tensor, emb_scale: torch.Tensor | None, dtype: torch.dtype) -> int:
+    """How the step reads an embedding table (``EMB`` in the .cu): 1 rows in the model dtype ``dtype``, 2 int8 rows
+    with fp16 scales, 0 it cannot (``FastDecoder`` then keeps its embedding kernel)."""
+    if emb_scale is None and emb.dtype == dtype:
+        return 1
+    if emb.dtype == torch.int8 and emb_scale is not None and emb_scale.dtype == torch.float16:
+        return 2
+    return 0
+
+
 class PersistentDecodeStep:
     """Launches the persistent kernel over ``FastDecoder``'s buffers: residual (1, d_model) fp32 in (unless
     ``embed``) and out, zx (1, d_in_proj) and h (1, d_inner) fp32 as scratch, per-layer rings and states updated in
@@ -322,11 +332,8 @@ class PersistentDecodeStep:
             ids, emb, emb_scale = embed
             if ids.dtype != torch.int64 or ids.shape[0] != 1 or not ids.is_contiguous():
                 raise ValueError("persistent step: ids must be a contiguous (1, n) int64 tensor")
-            if emb_scale is None and emb.dtype == zx.dtype:
-                emb_mode = 1
-            elif emb.dtype == torch.int8 and emb_scale is not None and emb_scale.dtype == torch.float16:
-                emb_mode = 2
-            else:
+            emb_mode = embed_mode(emb, emb_scale, zx.dtype)
+            if not emb_mode:
                 raise ValueError(f"persistent step: embedding {emb.dtype} with scale "
                                  f"{None if emb_scale is None else emb_scale.dtype} (model-dtype rows, or int8 "
                                  "rows with fp16 scales)")
@@ -400,5 +407,5 @@ class PersistentDecodeStep:
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
-__all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "persistent_error",
-           "split_error", "split_layout", "ssm_item", "warps_per_cta"]
+__all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
+           "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
