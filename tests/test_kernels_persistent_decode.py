@@ -396,3 +396,59 @@ def test_persistent_step_bf16_gpu():
     assert rel_err(a, b) < 1e-2, rel_err(a, b)
     for s1, s2 in zip(pers.states, per_layer.states):
         assert rel_err(s1, s2) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["tiny_g128", "tiny_g128_grid4", "130m_2layers", "1.3b_3layers", "2.7b_2layers"])
+@pytest.mark.parametrize("split", [True, "pair"])
+def test_persistent_step_tensor_core_in_proj_gpu(name, split):
+    """in_proj on tensor cores (``persistent_mma``) against the same step with the denormal decode, the per-layer
+    step and the model (tiny: one tile or none per CTA on 132 CTAs, 10-11 on 4; 130m: 6 chunks for 8 warps; 2.7B:
+    20), graphed against eager tokens."""
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    _need_kernel()
+    if name.startswith("tiny"):
+        if split == "pair":
+            pytest.skip("tiny: SSM items too narrow for pairs")
+        m = to_ternary_(tiny_model(seed=5, d_model=128, n_layer=2, d_state=32, headdim=32, ngroups=2), 128)
+        m, grid = m.half().cuda(), (4 if name.endswith("grid4") else None)
+    else:
+        m, grid = _models()[name]()
+    g = torch.Generator().manual_seed(6)
+    prompt = torch.randint(0, min(m.config.vocab_size, 50000), (1, 5), generator=g).cuda()
+    forced = torch.randint(0, min(m.config.vocab_size, 50000), (1, 6), generator=g).cuda()
+    cfgs = {"persistent": True, "persistent_grid": grid, "out_split": split}
+    if name.startswith("tiny") and split_error(m.config, FastDecoder(m, 1, 2, gemv_configs={"persistent": False})
+                                               .layers[0].out_w, grid or 132, False) is not None:
+        pytest.skip("tiny: SSM items too narrow for the split")
+    mma = FastDecoder(m, 1, 16, gemv_configs={**cfgs, "persistent_mma": True})
+    plain = FastDecoder(m, 1, 16, gemv_configs={**cfgs, "persistent_mma": False})
+    per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
+    assert mma.persistent.mma_in and not plain.persistent.mma_in
+    a = _check_against_per_layer(mma, per_layer, prompt, forced)
+    b = plain.teacher_forced_logits(prompt, forced)
+    assert rel_err(a, b) < 2e-3, rel_err(a, b)
+    assert rel_err(a, _model_logits(m, prompt, forced)) < 5e-3
+    assert torch.equal(mma.generate(prompt, 12, use_graph=False), mma.generate(prompt, 12, use_graph=True))
+
+
+def test_tensor_core_in_proj_refusals_and_buffer():
+    """mma_in_error names each refusal; the buffer holds a CTA's most tiles (1.3B: 5 tiles of 16 chunks and their
+    scales)."""
+    from ssmquant.kernels.cuda.persistent_decode import mma_in_bytes, mma_in_error
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    def in_w(group):
+        m = to_ternary_(tiny_model(seed=1, d_model=128, n_layer=1, d_state=32, headdim=32), group).to(DEVICE)
+        return m, FastDecoder(m, 1, 2, gemv_configs={"persistent": False}).layers[0].in_w
+
+    m, w = in_w(128)
+    assert mma_in_error(m.config, w, True) is None
+    assert "split out_proj" in mma_in_error(m.config, w, False)
+    m64, w64 = in_w(64)
+    assert "groups of 64" in mma_in_error(m64.config, w64, True)
+    assert mma_in_bytes(8512, 2048, 128, 132) == 5 * 16 * 512 + 5 * 16 * 16 * 2
+    assert mma_in_bytes(648, 128, 128, 4) == 11 * 512 + 11 * 16 * 2
+    with pytest.raises(ValueError, match="persistent_mma"):
+        FastDecoder(m, 1, 2, gemv_configs={"persistent_mma": "yes"})
