@@ -191,15 +191,6 @@ __device__ __forceinline__ u16 f2act(float f) {
     return h;
 }
 __device__ __forceinline__ float rnd(float f) { return act2f(f2act(f)); }   // rounded to the model dtype
-__device__ __forceinline__ u32 pack_act2(float lo, float hi) {   // two activations, ``lo`` in the low half
-    u32 d;
-#if ACT_BF16
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-#else
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-#endif
-    return d;
-}
 
 __device__ __forceinline__ float st2f(u32 bits16) {              // a half-precision state element
 #if STATE_T == 2
@@ -365,43 +356,6 @@ struct Proj {
 };
 
 
-// MMA_IN=1 (with SPLIT_OUT; fp16 or bf16 activations, DM a multiple of 128, GIN of 128): in_proj on tensor cores
-// (mma.m16n8k16, fp32 accumulation) instead of the denormal decode, in the tensor-core layout of
-// kernels/layout_mma.py: tiles of 16 rows, chunks of 128 inputs, an "item" (tile, chunk) one uint4 per lane that
-// holds the lane's A fragments of the item's 8 MMAs (lane 4 g + t: rows g and g + 8). A CTA's rows are whole tiles,
-// NTMIN or NTMIN + 1 of them; their words and scales ((N16, DM / GIN) fp16) reach shared memory by TMA. A warp takes
-// chunks (c = warp, warp + NW, ...) and multiplies every tile of the CTA for each, the tiles' MMAs independent of
-// each other (an item's own are two chains of dependent MMAs: taken one item at a time, the products waited on
-// latency, 10.3 against 7.8 us a layer at 1.3B).
-// Decode: a stored field s = code + 1 sitting at mantissa bits 2p, 2p + 1 of a half-word and OR-ed with the
-// exponent of M = 2**(10 - 2p) (bf16: 2**(7 - 2p)) is the exact half-precision value M + s: one LOP3 per two
-// weights and no arithmetic (ternary_mma.cu adds an FMA per pair to remove M). The word is shifted so that fields
-// 2u and 2u + 1 sit at p = 2 and 3 (bf16: 0 and 1): even fields, A registers a0 / a2 (rows g), carry M = 64 (128),
-// odd ones, a1 / a3 (rows g + 8), 16 (32). The MMAs then sum (M + 1 + code) x over a chunk, and (M + 1) times the
-// chunk's plain sum of x (``csum``, written with the B fragments when the input is staged) is subtracted once per
-// item and row. Every lane loads the same B fragments (x in all 8 columns), so every column of D is the product:
-// lane t = 0 finds row g's in c0 and lane t = 1 row g + 8's in c2.
-#ifndef MMA_IN
-#define MMA_IN 0
-#endif
-namespace mi {
-constexpr int KC = DM / 128;                  // chunks of a row
-constexpr int NT16 = cdiv(DIP, 16);           // tiles (rows padded to 16)
-constexpr int NTMIN = NT16 / GRID, MAXT = cdiv(NT16, GRID);   // tiles of a CTA: NTMIN or MAXT
-constexpr int NGS = DM / GIN;                 // scales per row
-constexpr int WORDS = MAXT * KC * 128;        // u32 words of the CTA's buffer, then its scales
-constexpr int BUF_B = WORDS * 4 + MAXT * 16 * NGS * 2;
-constexpr int XBS = 20;                       // u32 per (chunk, t) of B fragments: 16, padded (no bank conflicts)
-constexpr int KCP = KC + 1;                   // floats per row of the partial sums (padded likewise)
-#if ACT_BF16
-constexpr u32 ME = 0x00030003u, EE = 0x43004300u, MO = 0x000C000Cu, EO = 0x42004200u;   // p = 0: 128, p = 1: 32
-constexpr float CE = 129.f, CO = 33.f;        // M + 1
-#else
-constexpr u32 ME = 0x00300030u, EE = 0x54005400u, MO = 0x00C000C0u, EO = 0x4C004C00u;   // p = 2: 64, p = 3: 16
-constexpr float CE = 65.f, CO = 17.f;
-#endif
-}  // namespace mi
-
 // This CTA's rows of a projection: [rb, re), balanced over the grid.
 template <class PJ>
 __device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ::N * cta) / GRID); }
@@ -496,12 +450,10 @@ __device__ __forceinline__ void prefetch_norm(const float* __restrict__ nw, Norm
 
 // The projection's input after its norm, in shared memory (padded per pack block, PJ::XLEN floats):
 // xs[k] = round(v[k] * nw[k] * rsqrt(mean over k's group of v**2 + eps)), NGRP groups of K / NGRP inputs; the
-// thread holds v[4 k4 .. 4 k4 + 3] for k4 = threadIdx.x + i NT (i < PER). BFRAG (MMA_IN's in_proj): instead, the
-// same values as MMA B fragments, xb[(c 4 + t) XBS + 2 s + r] = the pair {x[k], x[k + 1]}, k = 128 c + 16 s + 2 t +
-// 8 r (chunk c, k-step s), and each chunk's plain sum csum[c] (a warp's 128 inputs are one chunk).
-template <class PJ, int NGRP, bool BFRAG = false>
+// thread holds v[4 k4 .. 4 k4 + 3] for k4 = threadIdx.x + i NT (i < PER).
+template <class PJ, int NGRP>
 __device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER], const NormW<PJ>& nw, float eps,
-                                               float* xs, float* red, u32* xb = nullptr, float* csum = nullptr) {
+                                               float* xs, float* red) {
     constexpr int K4 = PJ::K / 4, PER = NormW<PJ>::PER, GS = PJ::K / NGRP;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float ss[NGRP];
@@ -546,17 +498,7 @@ __device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER]
             float4 o;
             o.x = rnd(v[i].x * rg * n.x); o.y = rnd(v[i].y * rg * n.y);
             o.z = rnd(v[i].z * rg * n.z); o.w = rnd(v[i].w * rg * n.w);
-            if constexpr (BFRAG) {
-                const int c = k / 128, s = (k % 128) / 16, kk = k % 16, r = kk / 8, t = (kk % 8) / 2;
-                xb[(c * 4 + t) * mi::XBS + 2 * s + r] = pack_act2(o.x, o.y);
-                xb[(c * 4 + t + 1) * mi::XBS + 2 * s + r] = pack_act2(o.z, o.w);
-                float cs = (o.x + o.y) + (o.z + o.w);
-#pragma unroll
-                for (int off = 16; off > 0; off >>= 1) cs += __shfl_xor_sync(0xffffffffu, cs, off);
-                if (lane == 0) csum[c] = cs;
-            } else {
-                *reinterpret_cast<float4*>(xs + k + (k / PJ::KB) * PJ::XPAD) = o;
-            }
+            *reinterpret_cast<float4*>(xs + k + (k / PJ::KB) * PJ::XPAD) = o;
         }
     }
     __syncthreads();
@@ -755,130 +697,6 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
         }
     }
 }
-
-#if MMA_IN
-// ---------------------------------------------------------------- MMA_IN: in_proj on tensor cores (see mi above)
-// This CTA's tiles of in_proj: [tile_begin(cta), tile_begin(cta + 1)).
-__device__ __forceinline__ int mi_tile_begin(int cta) { return (int)(((long long)mi::NT16 * cta) / GRID); }
-
-// Copy this CTA's tiles of in_proj (words, then their rows' scales) into ``buf`` (mi::BUF_B bytes): one TMA copy
-// each on sm_90, completing on ``mbar``; else cp.async (one commit group). Before the barrier that gates in_proj.
-__device__ __forceinline__ void mi_prefetch(const uint4* __restrict__ w, const u16* __restrict__ s, uint4* buf,
-                                            u64* mbar) {
-    const int tb = mi_tile_begin(blockIdx.x), nt = mi_tile_begin(blockIdx.x + 1) - tb;
-    const uint4* wsrc = w + (long long)tb * mi::KC * 32;
-    const uint4* ssrc = reinterpret_cast<const uint4*>(s + (long long)tb * 16 * mi::NGS);
-    uint4* sdst = buf + mi::WORDS / 4;
-    const int wn = nt * mi::KC * 32, sn = nt * 16 * mi::NGS / 8;      // uint4s
-#if TMA
-    if (threadIdx.x == 0) {
-        mbar_expect(mbar, (u32)(wn + sn) * 16);
-        tma_load(buf, wsrc, (u32)wn * 16, mbar);
-        tma_load(sdst, ssrc, (u32)sn * 16, mbar);
-    }
-#else
-    for (int i = threadIdx.x; i < wn; i += NT) cp_async16(buf + i, wsrc + i, true);
-    for (int i = threadIdx.x; i < sn; i += NT) cp_async16(sdst + i, ssrc + i, true);
-    cp_async_commit();
-#endif
-}
-
-__device__ __forceinline__ void mma16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if ACT_BF16
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-#else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-#endif
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Word ``w`` shifted so that its fields 2u, 2u + 1 sit at the decode's mantissa bits (mi above).
-template <int U>
-__device__ __forceinline__ u32 mi_fields(u32 w) {
-#if ACT_BF16
-    return w >> (4 * U);
-#else
-    return U == 0 ? w << 4 : w >> (4 * U - 4);
-#endif
-}
-
-// One item's 8 MMAs: ``wv`` the lane's word fragments, ``b`` its B fragments of the chunk (k-steps 2j, 2j + 1 in
-// b[j]). Returns (c0, c2): the sum over the chunk of (M + 1 + code) x for rows g and g + 8. Two accumulators.
-__device__ __forceinline__ float2 mi_item(uint4 wv, const uint4 (&b)[4], u32 me, u32 mo) {
-    float acc[2][4] = {};
-    const u32 wd[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const u32 f[4] = {mi_fields<0>(wd[j]), mi_fields<1>(wd[j]), mi_fields<2>(wd[j]), mi_fields<3>(wd[j])};
-        u32 a[8];                                     // field q: k-step 2 j + q / 4, A register q % 4
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            a[2 * u] = (f[u] & me) | mi::EE;
-            a[2 * u + 1] = (f[u] & mo) | mi::EO;
-        }
-        mma16816(acc[0], a[0], a[1], a[2], a[3], b[j].x, b[j].y);
-        mma16816(acc[1], a[4], a[5], a[6], a[7], b[j].z, b[j].w);
-    }
-    return make_float2(acc[0][0] + acc[1][0], acc[0][2] + acc[1][2]);
-}
-
-// in_proj of this CTA's rows on tensor cores, the outputs stored as project's (store_act). ``buf``: mi_prefetch's
-// words and scales; ``xb`` / ``csum``: the staged input (norm_to_shared<..., true>); ``part``: (MAXT 16, KCP)
-// floats, a row's partial sums per chunk, added up in chunk order.
-template <class Stage, class Hook>
-__device__ __forceinline__ void project_mma(Stage stage_in, const uint4* buf, u64* mbar, u32 parity, const u32* xb,
-                                            const float* csum, const u32* masks, float* part, void* out_act,
-                                            u32 epoch, u64* trace, int l, Hook after_stage) {
-    stage_in();
-    stamp(trace, l, 2);
-    after_stage();
-    fine_stamp(trace, l, 12);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int tb = mi_tile_begin(blockIdx.x), nt = mi_tile_begin(blockIdx.x + 1) - tb;
-    const u16* sc = reinterpret_cast<const u16*>(buf + mi::WORDS / 4);
-    // The masks are loaded from shared memory (``masks``: ME, MO): a LOP3 takes one immediate (the exponent), and
-    // as constants ptxas rematerialized the mask before every LOP3 (a MOV per two weights).
-    const u32 me = masks[0], mo = masks[1];
-    fine_stamp(trace, l, 13);
-    words_wait<0>(mbar, parity);
-    fine_stamp(trace, l, 14);
-    // Tile ti's partial sum of chunk c: lane t = 0 row g, t = 1 row g + 8.
-    auto put = [&](int ti, int c, float2 d, float cs) {
-        if (t < 2) {
-            const int r = ti * 16 + g + 8 * t;
-            const float y = t ? d.y - mi::CO * cs : d.x - mi::CE * cs;
-            part[r * mi::KCP + c] = y * h2f(sc[r * mi::NGS + c * 128 / GIN]);
-        }
-    };
-#pragma unroll 1
-    for (int c = warp; c < mi::KC; c += NW) {
-        const uint4* xp = reinterpret_cast<const uint4*>(xb + (c * 4 + t) * mi::XBS);
-        const uint4 b[4] = {xp[0], xp[1], xp[2], xp[3]};
-        const float cs = csum[c];
-        float2 d[mi::NTMIN > 0 ? mi::NTMIN : 1];
-#pragma unroll
-        for (int ti = 0; ti < mi::NTMIN; ++ti) d[ti] = mi_item(buf[(ti * mi::KC + c) * 32 + lane], b, me, mo);
-#pragma unroll
-        for (int ti = 0; ti < mi::NTMIN; ++ti) put(ti, c, d[ti], cs);
-        if (nt > mi::NTMIN) put(mi::NTMIN, c, mi_item(buf[(mi::NTMIN * mi::KC + c) * 32 + lane], b, me, mo), cs);
-    }
-    fine_stamp(trace, l, 15);
-    __syncthreads();
-    for (int r = threadIdx.x; r < nt * 16; r += NT) {
-        const int row = 16 * tb + r;
-        if (row < DIP) {
-            float v = 0.f;
-#pragma unroll
-            for (int c = 0; c < mi::KC; ++c) v += part[r * mi::KCP + c];
-            store_act(out_act, row, v, epoch);
-        }
-    }
-    fine_stamp(trace, l, 16);
-}
-#endif
 
 // ---------------------------------------------------------------- the SSM step (phase B)
 // An item: CH channels of head hd (channel block pb). Thread t: channel t / TPC; its SPT states are 16-byte
@@ -1285,17 +1103,13 @@ using PA = Proj<DIP, DM, KBIN, GIN>;
 using PC = Proj<DM, E, KBOUT, GOUT>;
 // (SPLIT_OUT never stages out_proj's input.)
 constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
-constexpr int PMAX0 = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
-constexpr int PMAX = MMA_IN && mi::MAXT * 16 * mi::KCP > PMAX0 ? mi::MAXT * 16 * mi::KCP : PMAX0;
-// Bytes of in_proj's buffer at the start of the dynamic shared memory.
-constexpr int IN_BUF_B = MMA_IN ? mi::BUF_B : PA::WORDS * 4;
+constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
 // Bytes of dynamic shared memory before the state tile: in_proj's words, then out_proj's (or SPLIT_OUT's item).
 constexpr int WC_BYTES = SPLIT_OUT ? SPLIT_WORDS_B + SPLIT_SCALES_B : PC::WORDS * 4;
 
 static_assert(NW % PA::NCH == 0 && NW % PC::NCH == 0, "warps per CTA must be a multiple of both chunk counts");
 static_assert(PA::KW % 4 == 0 && PC::KW % 4 == 0, "pack blocks of at least 64 inputs");
 static_assert(CH * TPC <= NT, "SSM item larger than the CTA");
-static_assert(!MMA_IN || (SPLIT_OUT && DM % 128 == 0 && GIN % 128 == 0 && DM % GIN == 0), "MMA_IN shape");
 static_assert(P % CH == 0 && NS % TPC == 0 && SPT % 8 == 0 && 32 % TPC == 0, "SSM item shape");
 
 extern "C" __global__ void __launch_bounds__(NT, 1)
@@ -1314,18 +1128,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     __shared__ __align__(16) float xs[XMAX];
     __shared__ float red[NW * NG];
     __shared__ float part[PMAX];
-#if MMA_IN
-    __shared__ __align__(16) u32 xb[mi::KC * 4 * mi::XBS];   // in_proj's input as B fragments, chunk sums
-    __shared__ float csum[mi::KC];
-    __shared__ u32 masks[2];
-    if (threadIdx.x == 0) {       // (through asm: a shared variable only ever stored one constant is folded to it)
-        u32 me, mo;
-        asm volatile("mov.b32 %0, %1;" : "=r"(me) : "n"(mi::ME));
-        asm volatile("mov.b32 %0, %1;" : "=r"(mo) : "n"(mi::MO));
-        masks[0] = me;
-        masks[1] = mo;
-    }
-#endif
     __shared__ float sm[2 * CH + 2 * NS + 1];
     // SPLIT_OUT: the block's h times the norm weight (SCOLS: under SPLIT_PAIR the other CTA writes its half), then
     // the item's h squared (CH).
@@ -1335,7 +1137,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
     extern __shared__ __align__(16) uint4 wbuf[];
     uint4* wa = wbuf;
-    uint4* wc = wbuf + IN_BUF_B / 16;
+    uint4* wc = wbuf + PA::WORDS / 4;
     void* stile = reinterpret_cast<char*>(wc) + WC_BYTES;
     // Completion of: in_proj words, out_proj words, state tile; SPLIT_PAIR: the other CTA's half of hsm.
     __shared__ __align__(8) u64 mbar[4];
@@ -1370,17 +1172,9 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
 #else
     load_vec<PA>(residual, res);
 #endif
-    [[maybe_unused]] float res_own = 0.f;            // (project's out_proj register: unused here)
+    float res_own = 0.f;                             // (project's out_proj register: unused here)
     LayerP L = layers[0];
-    // in_proj's words (and scales) of a layer: into shared memory (MMA_IN: scales too), else scales to registers.
-    auto in_prefetch = [&](const LayerP& lp, bool scales) {
-#if MMA_IN
-        mi_prefetch(lp.in_w, lp.in_s, wa, &mbar[0]);
-#else
-        prefetch<PA>(lp.in_w, lp.in_s, wa, sa, &mbar[0], scales);
-#endif
-    };
-    in_prefetch(L, true);
+    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
     for (int l = 0; l < NL; ++l) {
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
@@ -1410,18 +1204,10 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         // The residual += the previous layer's out_proj, then in_proj's RMSNorm of it.
         auto stage_a = [&] {
             if (l > 0) add_out(res, sums + bp * SB, sums + NBUF * SB + bp * NG, eps);
-#if MMA_IN
-            norm_to_shared<PA, 1, true>(res, na, eps, xs, red, xb, csum);
-#else
             norm_to_shared<PA, 1>(res, na, eps, xs, red);
-#endif
         };
-#if MMA_IN
-        project_mma(stage_a, wa, &mbar[0], parity, xb, csum, masks, part, zx_out, epoch_of(l), trace, l, issue_bc);
-#else
         project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx_out, epoch_of(l), nullptr, res_own,
                               trace, l, issue_bc);
-#endif
         if (!LL_ZX) {
             arrive(bar);
             ++nbar;
@@ -1430,7 +1216,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         }
         stamp(trace, l, 3);
         if (LATE_LOADS && l + 1 < NL) {
-            if (!MMA_IN) load_scales<PA>(Ln.in_s, sa);
+            load_scales<PA>(Ln.in_s, sa);
             prefetch_norm<PA>(Ln.norm_w, na);
         }
         // ---- B: conv + SSM step + gate, and out_proj by item
@@ -1441,7 +1227,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         // were still landing when the barrier that ends the layer was released, which waited for them (9.83
         // against 9.40 us a layer at 1.3B; issued after that barrier's arrival, in_proj waited for them instead).
         auto issue_a = [&] {
-            if (l + 1 < NL) in_prefetch(Ln, !LATE_LOADS);
+            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
         };
         if ((!has_item && SPLIT_ISSUE_AT < 2) || SPLIT_ISSUE_AT == 0) issue_a();

@@ -76,7 +76,6 @@ from importlib import resources
 import torch
 
 from ..layout import GemvTernaryWeight, unpack_codes_ref
-from ..layout_mma import mma_from_gemv
 
 XS = 64                # the denormal decode's power-of-two offset (triton/gemv.py)
 TARGET_WARPS = 8       # warps per CTA, rounded to a multiple of both projections' chunk counts
@@ -117,34 +116,14 @@ def proj_words(N: int, K: int, warps: int, grid: int) -> int:
     return 4 * _cdiv(rows_per_warp(N, K, warps, grid) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
 
 
-def mma_in_bytes(N: int, K: int, group: int, grid: int) -> int:
-    """Bytes of a CTA's in_proj buffer with ``mma_in`` (``mi::BUF_B`` in the .cu): the words of its tiles of 16
-    rows (at most ceil(N / 16 / grid), K / 128 chunks of 512 bytes each), then the tiles' rows' fp16 scales."""
-    tiles = _cdiv(_cdiv(N, 16), grid)
-    return tiles * (K // 128) * 512 + tiles * 16 * (K // group) * 2
-
-
-def mma_in_error(cfg, in_w: GemvTernaryWeight, split_out: bool) -> str | None:
-    """Why in_proj cannot run on tensor cores in the step (``mma_in``), or None: it needs the split out_proj,
-    d_model a multiple of 128 and scale groups of a multiple of 128 inputs that divide it."""
-    g = in_w.group_size
-    if not split_out:
-        return "the tensor-core in_proj needs the split out_proj"
-    if cfg.d_model % 128 or g % 128 or cfg.d_model % g:
-        return f"d_model={cfg.d_model} with groups of {g} (a multiple of 128 divided by groups of 128k needed)"
-    return None
-
-
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
-                 out_group: int = 64, pair: bool = False, mma_in: bool = False, in_group: int = 128) -> int:
+                 out_group: int = 64, pair: bool = False) -> int:
     """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA (with ``split_out``,
     in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs; with ``pair``
-    the columns of two items for half the rows; with ``mma_in`` in_proj's tiles and scales, groups of ``in_group``)
-    and one SSM item's state tile (``state_bytes`` per element)."""
+    the columns of two items for half the rows) and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
     ch, _ = model_ssm_item(cfg, grid)
-    in_b = (mma_in_bytes(d_in_proj, cfg.d_model, in_group, grid) if mma_in
-            else 4 * proj_words(d_in_proj, cfg.d_model, nw, grid))
+    in_b = 4 * proj_words(d_in_proj, cfg.d_model, nw, grid)
     if split_out:
         cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
         out_b = rows * (cols // 16) * 4 + max(1, cols // out_group) * rows * 2
@@ -327,7 +306,7 @@ class PersistentDecodeStep:
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  pair: bool = False, sums_parts: int = 2, grid: int | None = None,
                  extra_options: tuple[str, ...] = (), embed: tuple | None = None,
-                 final_norm: tuple | None = None, mma_in: bool = False):
+                 final_norm: tuple | None = None):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -342,12 +321,6 @@ class PersistentDecodeStep:
         if not 1 <= sums_parts <= SUMS_PARTS_MAX:
             raise ValueError(f"persistent step: sums_parts={sums_parts} (1 to {SUMS_PARTS_MAX})")
         self.sums_parts = sums_parts
-        # mma_in: in_proj on tensor cores (MMA_IN in the .cu), its words again in the tensor-core layout
-        # (layout_mma.py; 1.3B: 210 MB more GPU memory).
-        if mma_in and (err := mma_in_error(cfg, win, split_out)) is not None:
-            raise ValueError(f"persistent step, tensor-core in_proj: {err}")
-        self.mma_in = bool(mma_in)
-        self.in_mma = [mma_from_gemv(L.in_w) for L in layers] if self.mma_in else None
         # embed = (ids, emb, emb_scale): the step starts from the embedding of ids[0, pos] itself (EMB in the .cu);
         # final_norm = (norm_f, xn): it also writes rmsnorm(residual) * norm_f to xn (1, d_model) in the model dtype
         # for the head (FINAL_NORM). Both need split_out.
@@ -383,12 +356,11 @@ class PersistentDecodeStep:
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
             f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
-            f"-DMMA_IN={int(self.mma_in)}", *extra_options]
+            *extra_options]
         self.threads = 32 * nw
         rows = []
-        for i, (L, ring, state, (sw, ss)) in enumerate(zip(layers, rings, states, self.split)):
-            iw = self.in_mma[i] if self.mma_in else L.in_w
-            ts = (iw.words, iw.scale, L.norm_w, L.conv_w, L.conv_b, L.dt_bias, L.A, L.D, L.gnorm_w,
+        for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
+            ts = (L.in_w.words, L.in_w.scale, L.norm_w, L.conv_w, L.conv_b, L.dt_bias, L.A, L.D, L.gnorm_w,
                   L.out_w.words, L.out_w.scale, ring, state, sw, ss)
             for name, t in zip(self.FIELDS, ts):
                 if not t.is_contiguous() or t.device != dev:
@@ -409,7 +381,7 @@ class PersistentDecodeStep:
         self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
         self.kernel = get_kernel(_source(), "persistent_decode", self.options)
         self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size(), split_out,
-                                 wout.group_size, self.pair, self.mma_in, win.group_size)
+                                 wout.group_size, self.pair)
         if self.kernel.static_smem > STATIC_SMEM_MAX:
             raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
         # One CTA per SM must fit (registers, shared memory), or the grid barriers could never complete; the
@@ -436,4 +408,4 @@ class PersistentDecodeStep:
 
 
 __all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
-           "mma_in_error", "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
+           "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
