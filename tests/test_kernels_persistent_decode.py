@@ -396,3 +396,87 @@ def test_persistent_step_bf16_gpu():
     assert rel_err(a, b) < 1e-2, rel_err(a, b)
     for s1, s2 in zip(pers.states, per_layer.states):
         assert rel_err(s1, s2) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,tiles", [("tiny_g128_grid4", 3), ("130m_2layers", 1), ("370m_2layers", 2),
+                                        ("1.3b_3layers", 2), ("1.3b_3layers", 3), ("2.7b_2layers", 4)])
+@pytest.mark.parametrize("split", [True, "pair"])
+def test_persistent_step_hybrid_in_proj_gpu(name, tiles, split):
+    """in_proj split between tensor cores and the FFMA decode (``persistent_hybrid``) against the same step without
+    it, the per-layer step and the model (tiny: 1 chunk; 130m: 6 chunks on 4 warps, 9-10 FFMA rows; 370m: 1-2),
+    graphed against eager tokens."""
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    _need_kernel()
+    if name.startswith("tiny"):
+        if split == "pair":
+            pytest.skip("tiny: SSM items too narrow for pairs")
+        m = to_ternary_(tiny_model(seed=5, d_model=128, n_layer=2, d_state=32, headdim=32, ngroups=2), 128)
+        m, grid = m.half().cuda(), 4
+    elif name == "370m_2layers":
+        m, grid = random_model("370m", weights="ternary", n_layer=2), None
+    else:
+        m, grid = _models()[name]()
+    g = torch.Generator().manual_seed(6)
+    prompt = torch.randint(0, min(m.config.vocab_size, 50000), (1, 5), generator=g).cuda()
+    forced = torch.randint(0, min(m.config.vocab_size, 50000), (1, 6), generator=g).cuda()
+    cfgs = {"persistent": True, "persistent_grid": grid, "out_split": split}
+    hyb = FastDecoder(m, 1, 16, gemv_configs={**cfgs, "persistent_hybrid": tiles})
+    plain = FastDecoder(m, 1, 16, gemv_configs={**cfgs, "persistent_hybrid": False})
+    per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
+    assert hyb.persistent.hybrid == tiles and not plain.persistent.hybrid
+    a = _check_against_per_layer(hyb, per_layer, prompt, forced)
+    b = plain.teacher_forced_logits(prompt, forced)
+    assert rel_err(a, b) < 2e-3, rel_err(a, b)
+    assert rel_err(a, _model_logits(m, prompt, forced)) < 5e-3
+    assert torch.equal(hyb.generate(prompt, 12, use_graph=False), hyb.generate(prompt, 12, use_graph=True))
+
+
+@pytest.mark.parametrize("N,K,group,grid,tiles", [(300, 256, 128, 4, 2), (8512, 2048, 128, 132, 3),
+                                                   (3352, 768, 256, 132, 1)])
+def test_hybrid_layout_round_trip(N, K, group, grid, tiles):
+    """Each CTA's block holds its first 16 ``tiles`` rows in the tensor-core layout with their scales, then its
+    other rows' GEMV words, zero-padded; every CTA's rows fit the block."""
+    from ssmquant.kernels.cuda.persistent_decode import hybrid_layout, hybrid_offsets
+    from ssmquant.kernels.layout_mma import MmaTernaryWeight, unpack_mma_codes_ref
+
+    g = torch.Generator().manual_seed(N)
+    codes = torch.randint(-1, 2, (N, K), generator=g, dtype=torch.int8)
+    scale = torch.rand(N, K // group, generator=g) + 0.5
+    w = pack_gemv(codes, scale, group)
+    out = hybrid_layout(w, grid, tiles, 4)
+    foff, blk = hybrid_offsets(N, K, group, grid, tiles, 4)
+    assert out.shape == (grid, blk // 4)
+    kc, kwt, m = K // 128, K // 16, 16 * tiles
+    for c in sorted({0, 1, grid // 2, grid - 1}):
+        rb, re = N * c // grid, N * (c + 1) // grid
+        b = out[c].view(torch.uint8)
+        words = b[:tiles * kc * 512].view(torch.int32).view(tiles, kc, 32, 4)
+        sc = b[tiles * kc * 512:tiles * kc * 512 + m * (K // group) * 2].view(torch.float16).view(m, -1)
+        assert torch.equal(unpack_mma_codes_ref(MmaTernaryWeight(words, sc, m, group)), codes[rb:rb + m])
+        assert torch.equal(sc, scale[rb:rb + m].half())
+        rest = b[foff:].view(torch.int32)
+        assert torch.equal(rest[:(re - rb - m) * kwt].view(-1, kwt), w.words[rb + m:re])
+        assert not rest[(re - rb - m) * kwt:].any()
+
+
+def test_hybrid_refusals_on_cpu():
+    """hybrid_error names each refusal; FastDecoder checks the option's value."""
+    from ssmquant.kernels.cuda.persistent_decode import hybrid_error
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    def in_w(group, d_model=128):
+        m = to_ternary_(tiny_model(seed=1, d_model=d_model, n_layer=1, d_state=32, headdim=32), group).to(DEVICE)
+        return m, FastDecoder(m, 1, 2, gemv_configs={"persistent": False}).layers[0].in_w
+
+    m, w = in_w(128)
+    assert hybrid_error(m.config, w, True, 4, 2) is None
+    assert "split out_proj" in hybrid_error(m.config, w, False, 4, 2)
+    assert "tiles of 16 rows" in hybrid_error(m.config, w, True, 132, 1)
+    m64, w64 = in_w(64)
+    assert "groups of 64" in hybrid_error(m64.config, w64, True, 4, 2)
+    for bad in ("yes", 0, True, -1):
+        with pytest.raises(ValueError, match="persistent_hybrid"):
+            FastDecoder(m, 1, 2, gemv_configs={"persistent_hybrid": bad})
