@@ -393,8 +393,8 @@ namespace hy {
 constexpr int T = HYB;                        // tiles of the CTA on tensor cores
 constexpr int KC = DM / 128;                  // chunks of a row
 constexpr int NGS = DM / GIN;                 // scales per row
-constexpr int MW = NW / 2;                    // warps 0 .. MW - 1: tensor cores; MW .. NW - 1: FFMA decode
-constexpr int FW = NW - MW;
+constexpr int FW = NW;                        // warps sharing the FFMA rows (every warp does both kinds)
+constexpr int NCPW = cdiv(DM / 128, NW);      // chunks of the tensor-core tiles per warp
 constexpr int MROWS = 16 * T;
 constexpr int MAXF = cdiv(DIP, GRID) - MROWS; // most FFMA rows of a CTA
 constexpr int MAXRF = cdiv(MAXF > 0 ? MAXF : 1, FW);    // FFMA rows per warp
@@ -787,7 +787,6 @@ __device__ __forceinline__ void hy_prefetch(const uint4* __restrict__ w, uint4* 
 // The FFMA warps' scales of their rows (rows rb + MROWS + i FW + warp - MW), as load_scales (0 past the CTA's rows).
 __device__ __forceinline__ void hy_load_scales(const u16* __restrict__ s, u16 (&sr)[hy::MAXRF][PA::NPART]) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    if (warp < hy::MW) return;
     const LaneChunk lc = lane_chunk<PA>();
     const int rb = row_begin<PA>(blockIdx.x) + hy::MROWS, re = row_begin<PA>(blockIdx.x + 1);
 #pragma unroll
@@ -796,7 +795,7 @@ __device__ __forceinline__ void hy_load_scales(const u16* __restrict__ s, u16 (&
         const int sofs = (part_word<PA>(0, p, lane) / PA::KW) * PA::KB / PA::G;
 #pragma unroll
         for (int i = 0; i < hy::MAXRF; ++i) {
-            const int row = rb + i * hy::FW + warp - hy::MW;
+            const int row = rb + i * hy::FW + warp;
             sr[i][p] = !(ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
                                                                    : ld_s(s + (long long)row * (PA::K / PA::G) + sofs);
         }
@@ -846,10 +845,12 @@ __device__ __forceinline__ float2 hy_item(uint4 wv, const uint4 (&b)[4], u32 me,
     return make_float2(acc[0][0] + acc[1][0], acc[0][2] + acc[1][2]);
 }
 
-// in_proj of this CTA's rows, outputs stored as project's (store_act): warps 0 .. MW - 1 the first MROWS rows on
-// tensor cores (``buf``: hy_prefetch's block; ``xb`` / ``csum`` the staged B fragments; ``masks`` ME, MO in shared
-// memory; ``part`` (MW, MROWS) floats), the other warps the remaining rows by the denormal decode (``sf``: their
-// scales, hy_load_scales). ``stage_in`` must stage with BFRAG.
+// in_proj of this CTA's rows, outputs stored as project's (store_act). Every warp multiplies its chunks of the
+// first MROWS rows on tensor cores (``buf``: hy_prefetch's block; ``xb`` / ``csum`` the staged B fragments;
+// ``masks`` ME, MO in shared memory; ``part`` (NW, MROWS) floats) and its share of the other rows by the denormal
+// decode (``sf``: their scales, hy_load_scales), both in one unrolled block, so that the compiler interleaves the
+// MMAs with the FFMAs: one warp per pipe and scheduler waited on latency (HYB's first form, run 54). ``stage_in``
+// must stage with BFRAG.
 template <class Stage, class Hook>
 __device__ __forceinline__ void project_hyb(Stage stage_in, const uint4* buf, u64* mbar, u32 parity,
                                             const u16 (&sf)[hy::MAXRF][PA::NPART], const float* xs, const u32* xb,
@@ -859,64 +860,61 @@ __device__ __forceinline__ void project_hyb(Stage stage_in, const uint4* buf, u6
     stamp(trace, l, 2);
     after_stage();
     fine_stamp(trace, l, 12);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
     const int rb = row_begin<PA>(blockIdx.x), cnt = row_begin<PA>(blockIdx.x + 1) - rb;
-    if (warp < hy::MW) {
-        const int g = lane / 4, t = lane % 4;
-        const u32 me = masks[0], mo = masks[1];
-        const u16* sc = reinterpret_cast<const u16*>(reinterpret_cast<const char*>(buf) + hy::WORDS_B);
-        fine_stamp(trace, l, 13);
-        words_wait<0>(mbar, parity);
-        fine_stamp(trace, l, 14);
-        float y[hy::T];                               // lane t = 0: row g of each tile, t = 1: row g + 8
+    float xr[16][PA::WPL], sx[PA::NPART];
+    lane_x<PA>(xs, xr, sx);
+    const u32 me = masks[0], mo = masks[1];
+    const u16* sc = reinterpret_cast<const u16*>(reinterpret_cast<const char*>(buf) + hy::WORDS_B);
+    const u32* fb = reinterpret_cast<const u32*>(reinterpret_cast<const char*>(buf) + hy::FOFF) + warp * PA::KWT;
+    constexpr int R = pow2_at_least(hy::MAXRF);
+    static_assert(R <= 32, "at most 32 rows per warp");
+    fine_stamp(trace, l, 13);
+    words_wait<0>(mbar, parity);
+    fine_stamp(trace, l, 14);
+    float y[hy::T], v[R];                             // y: lane t = 0 row g of each tile, t = 1 row g + 8
 #pragma unroll
-        for (int ti = 0; ti < hy::T; ++ti) y[ti] = 0.f;
-#pragma unroll 1
-        for (int c = warp; c < hy::KC; c += hy::MW) {
-            const uint4* xp = reinterpret_cast<const uint4*>(xb + (c * 4 + t) * hy::XBS);
-            const uint4 b[4] = {xp[0], xp[1], xp[2], xp[3]};
-            const float cs = csum[c];
-            float2 d[hy::T];
+    for (int ti = 0; ti < hy::T; ++ti) y[ti] = 0.f;
 #pragma unroll
-            for (int ti = 0; ti < hy::T; ++ti) d[ti] = hy_item(buf[(ti * hy::KC + c) * 32 + lane], b, me, mo);
+    for (int i = 0; i < R; ++i) v[i] = 0.f;
 #pragma unroll
-            for (int ti = 0; ti < hy::T; ++ti) {
-                const int r = ti * 16 + g + 8 * (t & 1);
-                const float v = (t & 1) ? d[ti].y - hy::CO * cs : d[ti].x - hy::CE * cs;
-                y[ti] += v * h2f(sc[r * hy::NGS + c * 128 / GIN]);
-            }
+    for (int k = 0; k < hy::NCPW; ++k) {
+        // Chunk c of every tile (a warp past the last chunk multiplies chunk 0 and drops it: no branch here), and
+        // the FFMA rows [k MAXRF / NCPW, (k + 1) MAXRF / NCPW) of the warp's share.
+        const int c0 = warp + k * NW, c = c0 < hy::KC ? c0 : 0;
+        const float keep = c0 < hy::KC ? 1.f : 0.f;
+        const uint4* xp = reinterpret_cast<const uint4*>(xb + (c * 4 + t) * hy::XBS);
+        const uint4 b[4] = {xp[0], xp[1], xp[2], xp[3]};
+        const float cs = csum[c];
+        float2 d[hy::T];
+#pragma unroll
+        for (int ti = 0; ti < hy::T; ++ti) d[ti] = hy_item(buf[(ti * hy::KC + c) * 32 + lane], b, me, mo);
+#pragma unroll
+        for (int i = k * hy::MAXRF / hy::NCPW; i < (k + 1) * hy::MAXRF / hy::NCPW; ++i)
+            v[i] = row_dot<PA>(fb + i * hy::FW * PA::KWT, xr, sx, sf[i], lane);
+#pragma unroll
+        for (int ti = 0; ti < hy::T; ++ti) {
+            const int r = ti * 16 + g + 8 * (t & 1);
+            const float u = (t & 1) ? d[ti].y - hy::CO * cs : d[ti].x - hy::CE * cs;
+            y[ti] += u * h2f(sc[r * hy::NGS + c * 128 / GIN]) * keep;
         }
-        fine_stamp(trace, l, 15);
-        if (t < 2) {
-#pragma unroll
-            for (int ti = 0; ti < hy::T; ++ti) part[warp * hy::MROWS + ti * 16 + g + 8 * t] = y[ti];
-        }
-        asm volatile("bar.sync 1, %0;" :: "n"(hy::MW * 32) : "memory");   // the tensor-core warps only
-        for (int r = threadIdx.x; r < hy::MROWS; r += hy::MW * 32) {
-            float v = 0.f;
-#pragma unroll
-            for (int w = 0; w < hy::MW; ++w) v += part[w * hy::MROWS + r];
-            store_act(out_act, rb + r, v, epoch);
-        }
-        fine_stamp(trace, l, 16);
-    } else {
-        float xr[16][PA::WPL], sx[PA::NPART];
-        lane_x<PA>(xs, xr, sx);
-        const int wf = warp - hy::MW;
-        constexpr int R = pow2_at_least(hy::MAXRF);
-        static_assert(R <= 32, "at most 32 rows per warp");
-        words_wait<0>(mbar, parity);
-        const u32* fb = reinterpret_cast<const u32*>(reinterpret_cast<const char*>(buf) + hy::FOFF) + wf * PA::KWT;
-        float v[R];
-#pragma unroll
-        for (int i = 0; i < R; ++i) {
-            const int ii = i < hy::MAXRF ? i : 0;
-            v[i] = i < hy::MAXRF ? row_dot<PA>(fb + ii * hy::FW * PA::KWT, xr, sx, sf[ii], lane) : 0.f;
-        }
-        const float sum = multi_warp_sum<R, 16, R>(v, lane);
-        const int i = lane / (32 / R), local = hy::MROWS + i * hy::FW + wf;
-        if (lane % (32 / R) == 0 && i < hy::MAXRF && local < cnt) store_act(out_act, rb + local, sum, epoch);
     }
+    fine_stamp(trace, l, 15);
+    const float sum = multi_warp_sum<R, 16, R>(v, lane);
+    const int i = lane / (32 / R), local = hy::MROWS + i * hy::FW + warp;
+    if (lane % (32 / R) == 0 && i < hy::MAXRF && local < cnt) store_act(out_act, rb + local, sum, epoch);
+    if (t < 2) {
+#pragma unroll
+        for (int ti = 0; ti < hy::T; ++ti) part[warp * hy::MROWS + ti * 16 + g + 8 * t] = y[ti];
+    }
+    __syncthreads();
+    for (int r = threadIdx.x; r < hy::MROWS; r += NT) {
+        float u = 0.f;
+#pragma unroll
+        for (int w = 0; w < NW; ++w) u += part[w * hy::MROWS + r];
+        store_act(out_act, rb + r, u, epoch);
+    }
+    fine_stamp(trace, l, 16);
 }
 #endif
 
@@ -1324,7 +1322,7 @@ __device__ __forceinline__ void emb_row(const long long* ids, const void* emb, c
 // (SPLIT_OUT never stages out_proj's input.)
 constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
 constexpr int PMAX0 = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
-constexpr int PMAX = HYB && hy::MW * hy::MROWS > PMAX0 ? hy::MW * hy::MROWS : PMAX0;
+constexpr int PMAX = HYB && NW * hy::MROWS > PMAX0 ? NW * hy::MROWS : PMAX0;
 // Bytes of in_proj's buffer at the start of the dynamic shared memory.
 constexpr int IN_BUF_B = HYB ? hy::BLK : PA::WORDS * 4;
 // Bytes of dynamic shared memory before the state tile: in_proj's words, then out_proj's (or SPLIT_OUT's item).

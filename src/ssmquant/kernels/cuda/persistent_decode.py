@@ -181,7 +181,7 @@ def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bo
     ``in_group``) and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
     ch, _ = model_ssm_item(cfg, grid)
-    in_b = (hybrid_offsets(d_in_proj, cfg.d_model, in_group, grid, hybrid, nw - nw // 2)[1] if hybrid
+    in_b = (hybrid_offsets(d_in_proj, cfg.d_model, in_group, grid, hybrid, nw)[1] if hybrid
             else 4 * proj_words(d_in_proj, cfg.d_model, nw, grid))
     if split_out:
         cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
@@ -385,7 +385,7 @@ class PersistentDecodeStep:
         if hybrid and (err := hybrid_error(cfg, win, split_out, self.grid, hybrid)) is not None:
             raise ValueError(f"persistent step, tensor-core in_proj: {err}")
         self.hybrid = int(hybrid)
-        self.in_hyb = [hybrid_layout(L.in_w, self.grid, hybrid, nw - nw // 2) for L in layers] if hybrid else None
+        self.in_hyb = [hybrid_layout(L.in_w, self.grid, hybrid, nw) for L in layers] if hybrid else None
         # embed = (ids, emb, emb_scale): the step starts from the embedding of ids[0, pos] itself (EMB in the .cu);
         # final_norm = (norm_f, xn): it also writes rmsnorm(residual) * norm_f to xn (1, d_model) in the model dtype
         # for the head (FINAL_NORM). Both need split_out.
