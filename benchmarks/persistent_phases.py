@@ -8,8 +8,7 @@ compiled with the debugging constants of ``persistent_decode.cu``: ``PHASES`` (b
 2 out_proj; 0 = barriers and the copies to shared memory only), ``LATE_LOADS=0`` (scales and norm weights
 loaded next to the words' copies and before each wait), ``NO_SCALE_LOADS=1`` (scales not loaded at all);
 ``-DSPLIT_OUT=1`` in a variant builds the step with out_proj split by SSM item (``split_out=True``; ``-DSPLIT_PAIR=1``
-by pairs, ``-DSUMS_PARTS=N`` its sums in N parts (default 2), ``-DLL_ZX=0`` with a barrier before the SSM step,
-``-DHYB=T`` with T tiles of in_proj rows a CTA on tensor cores: ``hybrid=T``),
+by pairs, ``-DSUMS_PARTS=N`` its sums in N parts (default 2), ``-DLL_ZX=0`` with a barrier before the SSM step),
 combinable with the others (``--variant NAME=-DSPLIT_OUT=1,-DPHASES=1``; PHASES does not switch the split step's phases).
 The variants with phases off compute garbage; only
 their time means something. Also times the per-layer step's kernels (``FastDecoder`` without it) the same way.
@@ -147,13 +146,11 @@ def main() -> None:
     print(f"{'per_layer_kernels':24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer", flush=True)
     def build(opts):
         parts = [int(o.split("=")[1]) for o in opts if o.startswith("-DSUMS_PARTS=")]
-        hyb = [int(o.split("=")[1]) for o in opts if o.startswith("-DHYB=")]
         return PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
                                     h=dec.h, pos=dec.pos, eps=cfg.norm_eps, split_out=SPLIT in opts,
                                     pair=PAIR in opts, sums_parts=parts[-1] if parts else 2,
-                                    hybrid=hyb[-1] if hyb else 0,
                                     extra_options=tuple(o for o in opts if o not in (SPLIT, PAIR)
-                                                        and not o.startswith(("-DSUMS_PARTS=", "-DHYB="))))
+                                                        and not o.startswith("-DSUMS_PARTS=")))
 
     for name, opts in variants.items():
         step = build(opts)

@@ -191,15 +191,6 @@ __device__ __forceinline__ u16 f2act(float f) {
     return h;
 }
 __device__ __forceinline__ float rnd(float f) { return act2f(f2act(f)); }   // rounded to the model dtype
-__device__ __forceinline__ u32 pack_act2(float lo, float hi) {   // two activations, ``lo`` in the low half
-    u32 d;
-#if ACT_BF16
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-#else
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(d) : "f"(hi), "f"(lo));
-#endif
-    return d;
-}
 
 __device__ __forceinline__ float st2f(u32 bits16) {              // a half-precision state element
 #if STATE_T == 2
@@ -365,55 +356,6 @@ struct Proj {
 };
 
 
-using PA = Proj<DIP, DM, KBIN, GIN>;     // in_proj, out_proj
-using PC = Proj<DM, E, KBOUT, GOUT>;
-
-// HYB = T > 0 (with SPLIT_OUT; DM a multiple of 128, rows of at most 32 WMAX words, GIN a multiple of 128): in_proj
-// split between the two pipes of each SM sub-partition. The CTA's first 16 T rows go to the tensor cores
-// (mma.m16n8k16, fp32 accumulation) on warps 0 .. NW/2 - 1, its other rows to the denormal decode below on the
-// other warps, at the same time. Alone, the tensor cores were no faster (runs 52-53, benchmarks/RESULTS.md): at
-// batch 1 seven of an MMA's eight columns are idle, 8 MMAs per 2048 weights, and mma.sync's rate bounds them,
-// while the FFMA decode is bound by issue; each pipe takes the share it can do in the same time.
-// The tensor-core rows are in the layout of kernels/layout_mma.py: tiles of 16 rows, chunks of 128 inputs, an
-// item (tile, chunk) one uint4 per lane holding its A fragments of 8 MMAs (lane 4 g + t: rows g and g + 8). The
-// host lays each CTA's share out as one block (hybrid_layout in persistent_decode.py): T KC items of words, the
-// tiles' rows' fp16 scales, then the other rows in the GEMV layout; one TMA copy brings it to shared memory.
-// Decode: a stored field s = code + 1 at mantissa bits 2p, 2p + 1 of a half-word, OR-ed with the exponent of M =
-// 2**(10 - 2p) (bf16: 2**(7 - 2p)), is the exact half value M + s: one LOP3 per two weights and no arithmetic. The
-// word is shifted so that fields 2u and 2u + 1 sit at p = 2 and 3 (bf16: 0 and 1): even fields, A registers a0 / a2
-// (rows g), carry M = 64 (128), odd ones, a1 / a3 (rows g + 8), 16 (32). The MMAs sum (M + 1 + code) x over a chunk,
-// and (M + 1) times the chunk's plain sum of x (``csum``, staged with the B fragments) is subtracted per item and
-// row. Every lane loads the same B fragments (x in all 8 columns), so every column of D is the product: lane t = 0
-// finds row g's in c0, lane t = 1 row g + 8's in c2. A warp takes chunks c = warp, warp + NW / 2, ... and
-// multiplies all T tiles for each (independent MMAs; one item at a time waited on latency).
-#ifndef HYB
-#define HYB 0
-#endif
-namespace hy {
-constexpr int T = HYB;                        // tiles of the CTA on tensor cores
-constexpr int KC = DM / 128;                  // chunks of a row
-constexpr int NGS = DM / GIN;                 // scales per row
-constexpr int FW = NW;                        // warps sharing the FFMA rows (every warp does both kinds)
-constexpr int NCPW = cdiv(DM / 128, NW);      // chunks of the tensor-core tiles per warp
-constexpr int MROWS = 16 * T;
-constexpr int MAXF = cdiv(DIP, GRID) - MROWS; // most FFMA rows of a CTA
-constexpr int MAXRF = cdiv(MAXF > 0 ? MAXF : 1, FW);    // FFMA rows per warp
-constexpr int KWT = DM / 16;                  // words per row
-constexpr int CW = 32 * cdiv(KWT, 32);        // a lane's chunk of a row (one chunk: KWT <= 32 WMAX)
-constexpr int WORDS_B = T * KC * 512, SCALE_B = MROWS * NGS * 2;
-constexpr int FOFF = cdiv(WORDS_B + SCALE_B, 16) * 16;    // bytes before the FFMA rows
-// The FFMA rows every warp may read (MAXRF FW), and a partial chunk's reach past the last.
-constexpr int BLK = FOFF + cdiv((MAXRF * FW * KWT + CW - KWT) * 4, 16) * 16;
-constexpr int XBS = 20;                       // u32 per (chunk, t) of B fragments: 16, padded (no bank conflicts)
-#if ACT_BF16
-constexpr u32 ME = 0x00030003u, EE = 0x43004300u, MO = 0x000C000Cu, EO = 0x42004200u;   // p = 0: 128, p = 1: 32
-constexpr float CE = 129.f, CO = 33.f;        // M + 1
-#else
-constexpr u32 ME = 0x00300030u, EE = 0x54005400u, MO = 0x00C000C0u, EO = 0x4C004C00u;   // p = 2: 64, p = 3: 16
-constexpr float CE = 65.f, CO = 17.f;
-#endif
-}  // namespace hy
-
 // This CTA's rows of a projection: [rb, re), balanced over the grid.
 template <class PJ>
 __device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ::N * cta) / GRID); }
@@ -508,12 +450,10 @@ __device__ __forceinline__ void prefetch_norm(const float* __restrict__ nw, Norm
 
 // The projection's input after its norm, in shared memory (padded per pack block, PJ::XLEN floats):
 // xs[k] = round(v[k] * nw[k] * rsqrt(mean over k's group of v**2 + eps)), NGRP groups of K / NGRP inputs; the
-// thread holds v[4 k4 .. 4 k4 + 3] for k4 = threadIdx.x + i NT (i < PER). BFRAG (HYB's in_proj): also the same
-// values as MMA B fragments, xb[(c 4 + t) XBS + 2 s + r] = the pair {x[k], x[k + 1]}, k = 128 c + 16 s + 2 t + 8 r
-// (chunk c, k-step s), and each chunk's plain sum csum[c] (a warp's 128 inputs are one chunk).
-template <class PJ, int NGRP, bool BFRAG = false>
+// thread holds v[4 k4 .. 4 k4 + 3] for k4 = threadIdx.x + i NT (i < PER).
+template <class PJ, int NGRP>
 __device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER], const NormW<PJ>& nw, float eps,
-                                               float* xs, float* red, u32* xb = nullptr, float* csum = nullptr) {
+                                               float* xs, float* red) {
     constexpr int K4 = PJ::K / 4, PER = NormW<PJ>::PER, GS = PJ::K / NGRP;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     float ss[NGRP];
@@ -559,15 +499,6 @@ __device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER]
             o.x = rnd(v[i].x * rg * n.x); o.y = rnd(v[i].y * rg * n.y);
             o.z = rnd(v[i].z * rg * n.z); o.w = rnd(v[i].w * rg * n.w);
             *reinterpret_cast<float4*>(xs + k + (k / PJ::KB) * PJ::XPAD) = o;
-            if constexpr (BFRAG) {
-                const int c = k / 128, s = (k % 128) / 16, kk = k % 16, r = kk / 8, t = (kk % 8) / 2;
-                xb[(c * 4 + t) * hy::XBS + 2 * s + r] = pack_act2(o.x, o.y);
-                xb[(c * 4 + t + 1) * hy::XBS + 2 * s + r] = pack_act2(o.z, o.w);
-                float cs = (o.x + o.y) + (o.z + o.w);
-#pragma unroll
-                for (int off = 16; off > 0; off >>= 1) cs += __shfl_xor_sync(0xffffffffu, cs, off);
-                if (lane == 0) csum[c] = cs;
-            }
         }
     }
     __syncthreads();
@@ -766,157 +697,6 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
         }
     }
 }
-
-#if HYB
-// ---------------------------------------------------------------- HYB: in_proj on both pipes (see hy above)
-// This CTA's block of in_proj (hy::BLK bytes: tensor-core words, their scales, the FFMA rows) into ``buf``: one
-// TMA copy on sm_90, completing on ``mbar``; else cp.async (one commit group). Before the barrier that gates in_proj.
-__device__ __forceinline__ void hy_prefetch(const uint4* __restrict__ w, uint4* buf, u64* mbar) {
-    const uint4* src = w + (long long)blockIdx.x * (hy::BLK / 16);
-#if TMA
-    if (threadIdx.x == 0) {
-        mbar_expect(mbar, hy::BLK);
-        tma_load(buf, src, hy::BLK, mbar);
-    }
-#else
-    for (int i = threadIdx.x; i < hy::BLK / 16; i += NT) cp_async16(buf + i, src + i, true);
-    cp_async_commit();
-#endif
-}
-
-// The FFMA warps' scales of their rows (rows rb + MROWS + i FW + warp - MW), as load_scales (0 past the CTA's rows).
-__device__ __forceinline__ void hy_load_scales(const u16* __restrict__ s, u16 (&sr)[hy::MAXRF][PA::NPART]) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const LaneChunk lc = lane_chunk<PA>();
-    const int rb = row_begin<PA>(blockIdx.x) + hy::MROWS, re = row_begin<PA>(blockIdx.x + 1);
-#pragma unroll
-    for (int p = 0; p < PA::NPART; ++p) {
-        const bool ok = part_ok<PA>(lc, p, lane);
-        const int sofs = (part_word<PA>(0, p, lane) / PA::KW) * PA::KB / PA::G;
-#pragma unroll
-        for (int i = 0; i < hy::MAXRF; ++i) {
-            const int row = rb + i * hy::FW + warp;
-            sr[i][p] = !(ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
-                                                                   : ld_s(s + (long long)row * (PA::K / PA::G) + sofs);
-        }
-    }
-}
-
-__device__ __forceinline__ void mma16816(float (&c)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if ACT_BF16
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-#else
-    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-#endif
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// Word ``w`` shifted so that its fields 2u, 2u + 1 sit at the decode's mantissa bits (hy above).
-template <int U>
-__device__ __forceinline__ u32 hy_fields(u32 w) {
-#if ACT_BF16
-    return w >> (4 * U);
-#else
-    return U == 0 ? w << 4 : w >> (4 * U - 4);
-#endif
-}
-
-// One item's 8 MMAs: ``wv`` the lane's word fragments, ``b`` its B fragments of the chunk (k-steps 2j, 2j + 1 in
-// b[j]); ``me`` / ``mo`` the masks (in registers: as constants ptxas reloaded one before every LOP3, whose one
-// immediate is the exponent). Returns (c0, c2): the chunk's sum of (M + 1 + code) x for rows g and g + 8.
-__device__ __forceinline__ float2 hy_item(uint4 wv, const uint4 (&b)[4], u32 me, u32 mo) {
-    float acc[2][4] = {};
-    const u32 wd[4] = {wv.x, wv.y, wv.z, wv.w};
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {
-        const u32 f[4] = {hy_fields<0>(wd[j]), hy_fields<1>(wd[j]), hy_fields<2>(wd[j]), hy_fields<3>(wd[j])};
-        u32 a[8];                                     // field q: k-step 2 j + q / 4, A register q % 4
-#pragma unroll
-        for (int u = 0; u < 4; ++u) {
-            a[2 * u] = (f[u] & me) | hy::EE;
-            a[2 * u + 1] = (f[u] & mo) | hy::EO;
-        }
-        mma16816(acc[0], a[0], a[1], a[2], a[3], b[j].x, b[j].y);
-        mma16816(acc[1], a[4], a[5], a[6], a[7], b[j].z, b[j].w);
-    }
-    return make_float2(acc[0][0] + acc[1][0], acc[0][2] + acc[1][2]);
-}
-
-// in_proj of this CTA's rows, outputs stored as project's (store_act). Every warp multiplies its chunks of the
-// first MROWS rows on tensor cores (``buf``: hy_prefetch's block; ``xb`` / ``csum`` the staged B fragments;
-// ``masks`` ME, MO in shared memory; ``part`` (NW, MROWS) floats) and its share of the other rows by the denormal
-// decode (``sf``: their scales, hy_load_scales), both in one unrolled block, so that the compiler interleaves the
-// MMAs with the FFMAs: one warp per pipe and scheduler waited on latency (HYB's first form, run 54). ``stage_in``
-// must stage with BFRAG.
-template <class Stage, class Hook>
-__device__ __forceinline__ void project_hyb(Stage stage_in, const uint4* buf, u64* mbar, u32 parity,
-                                            const u16 (&sf)[hy::MAXRF][PA::NPART], const float* xs, const u32* xb,
-                                            const float* csum, const u32* masks, float* part, void* out_act,
-                                            u32 epoch, u64* trace, int l, Hook after_stage) {
-    stage_in();
-    stamp(trace, l, 2);
-    after_stage();
-    fine_stamp(trace, l, 12);
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
-    const int rb = row_begin<PA>(blockIdx.x), cnt = row_begin<PA>(blockIdx.x + 1) - rb;
-    float xr[16][PA::WPL], sx[PA::NPART];
-    lane_x<PA>(xs, xr, sx);
-    const u32 me = masks[0], mo = masks[1];
-    const u16* sc = reinterpret_cast<const u16*>(reinterpret_cast<const char*>(buf) + hy::WORDS_B);
-    const u32* fb = reinterpret_cast<const u32*>(reinterpret_cast<const char*>(buf) + hy::FOFF) + warp * PA::KWT;
-    constexpr int R = pow2_at_least(hy::MAXRF);
-    static_assert(R <= 32, "at most 32 rows per warp");
-    fine_stamp(trace, l, 13);
-    words_wait<0>(mbar, parity);
-    fine_stamp(trace, l, 14);
-    float y[hy::T], v[R];                             // y: lane t = 0 row g of each tile, t = 1 row g + 8
-#pragma unroll
-    for (int ti = 0; ti < hy::T; ++ti) y[ti] = 0.f;
-#pragma unroll
-    for (int i = 0; i < R; ++i) v[i] = 0.f;
-#pragma unroll
-    for (int k = 0; k < hy::NCPW; ++k) {
-        // Chunk c of every tile (a warp past the last chunk multiplies chunk 0 and drops it: no branch here), and
-        // the FFMA rows [k MAXRF / NCPW, (k + 1) MAXRF / NCPW) of the warp's share.
-        const int c0 = warp + k * NW, c = c0 < hy::KC ? c0 : 0;
-        const float keep = c0 < hy::KC ? 1.f : 0.f;
-        const uint4* xp = reinterpret_cast<const uint4*>(xb + (c * 4 + t) * hy::XBS);
-        const uint4 b[4] = {xp[0], xp[1], xp[2], xp[3]};
-        const float cs = csum[c];
-        float2 d[hy::T];
-#pragma unroll
-        for (int ti = 0; ti < hy::T; ++ti) d[ti] = hy_item(buf[(ti * hy::KC + c) * 32 + lane], b, me, mo);
-#pragma unroll
-        for (int i = k * hy::MAXRF / hy::NCPW; i < (k + 1) * hy::MAXRF / hy::NCPW; ++i)
-            v[i] = row_dot<PA>(fb + i * hy::FW * PA::KWT, xr, sx, sf[i], lane);
-#pragma unroll
-        for (int ti = 0; ti < hy::T; ++ti) {
-            const int r = ti * 16 + g + 8 * (t & 1);
-            const float u = (t & 1) ? d[ti].y - hy::CO * cs : d[ti].x - hy::CE * cs;
-            y[ti] += u * h2f(sc[r * hy::NGS + c * 128 / GIN]) * keep;
-        }
-    }
-    fine_stamp(trace, l, 15);
-    const float sum = multi_warp_sum<R, 16, R>(v, lane);
-    const int i = lane / (32 / R), local = hy::MROWS + i * hy::FW + warp;
-    if (lane % (32 / R) == 0 && i < hy::MAXRF && local < cnt) store_act(out_act, rb + local, sum, epoch);
-    if (t < 2) {
-#pragma unroll
-        for (int ti = 0; ti < hy::T; ++ti) part[warp * hy::MROWS + ti * 16 + g + 8 * t] = y[ti];
-    }
-    __syncthreads();
-    for (int r = threadIdx.x; r < hy::MROWS; r += NT) {
-        float u = 0.f;
-#pragma unroll
-        for (int w = 0; w < NW; ++w) u += part[w * hy::MROWS + r];
-        store_act(out_act, rb + r, u, epoch);
-    }
-    fine_stamp(trace, l, 16);
-}
-#endif
 
 // ---------------------------------------------------------------- the SSM step (phase B)
 // An item: CH channels of head hd (channel block pb). Thread t: channel t / TPC; its SPT states are 16-byte
@@ -1319,20 +1099,17 @@ __device__ __forceinline__ void emb_row(const long long* ids, const void* emb, c
 }
 
 // ---------------------------------------------------------------- the kernel
+using PA = Proj<DIP, DM, KBIN, GIN>;
+using PC = Proj<DM, E, KBOUT, GOUT>;
 // (SPLIT_OUT never stages out_proj's input.)
 constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
-constexpr int PMAX0 = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
-constexpr int PMAX = HYB && NW * hy::MROWS > PMAX0 ? NW * hy::MROWS : PMAX0;
-// Bytes of in_proj's buffer at the start of the dynamic shared memory.
-constexpr int IN_BUF_B = HYB ? hy::BLK : PA::WORDS * 4;
+constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
 // Bytes of dynamic shared memory before the state tile: in_proj's words, then out_proj's (or SPLIT_OUT's item).
 constexpr int WC_BYTES = SPLIT_OUT ? SPLIT_WORDS_B + SPLIT_SCALES_B : PC::WORDS * 4;
 
 static_assert(NW % PA::NCH == 0 && NW % PC::NCH == 0, "warps per CTA must be a multiple of both chunk counts");
 static_assert(PA::KW % 4 == 0 && PC::KW % 4 == 0, "pack blocks of at least 64 inputs");
 static_assert(CH * TPC <= NT, "SSM item larger than the CTA");
-static_assert(!HYB || (SPLIT_OUT && PA::NCH == 1 && DM % 128 == 0 && GIN % 128 == 0 && DM % GIN == 0 &&
-                       hy::MROWS <= DIP / GRID && NW % 2 == 0), "HYB shape");
 static_assert(P % CH == 0 && NS % TPC == 0 && SPT % 8 == 0 && 32 % TPC == 0, "SSM item shape");
 
 extern "C" __global__ void __launch_bounds__(NT, 1)
@@ -1351,18 +1128,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     __shared__ __align__(16) float xs[XMAX];
     __shared__ float red[NW * NG];
     __shared__ float part[PMAX];
-#if HYB
-    __shared__ __align__(16) u32 xb[hy::KC * 4 * hy::XBS];   // in_proj's input as B fragments, chunk sums
-    __shared__ float csum[hy::KC];
-    __shared__ u32 masks[2];
-    if (threadIdx.x == 0) {       // (through asm: a shared variable only ever stored one constant is folded to it)
-        u32 me, mo;
-        asm volatile("mov.b32 %0, %1;" : "=r"(me) : "n"(hy::ME));
-        asm volatile("mov.b32 %0, %1;" : "=r"(mo) : "n"(hy::MO));
-        masks[0] = me;
-        masks[1] = mo;
-    }
-#endif
     __shared__ float sm[2 * CH + 2 * NS + 1];
     // SPLIT_OUT: the block's h times the norm weight (SCOLS: under SPLIT_PAIR the other CTA writes its half), then
     // the item's h squared (CH).
@@ -1372,7 +1137,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
     extern __shared__ __align__(16) uint4 wbuf[];
     uint4* wa = wbuf;
-    uint4* wc = wbuf + IN_BUF_B / 16;
+    uint4* wc = wbuf + PA::WORDS / 4;
     void* stile = reinterpret_cast<char*>(wc) + WC_BYTES;
     // Completion of: in_proj words, out_proj words, state tile; SPLIT_PAIR: the other CTA's half of hsm.
     __shared__ __align__(8) u64 mbar[4];
@@ -1407,21 +1172,9 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
 #else
     load_vec<PA>(residual, res);
 #endif
-    [[maybe_unused]] float res_own = 0.f;            // (project's out_proj register: unused here)
+    float res_own = 0.f;                             // (project's out_proj register: unused here)
     LayerP L = layers[0];
-#if HYB
-    u16 sf[hy::MAXRF][PA::NPART];
-#endif
-    // in_proj's words of a layer into shared memory, and the lanes' scales into registers (``scales``).
-    auto in_prefetch = [&](const LayerP& lp, bool scales) {
-#if HYB
-        hy_prefetch(lp.in_w, wa, &mbar[0]);
-        if (scales) hy_load_scales(lp.in_s, sf);
-#else
-        prefetch<PA>(lp.in_w, lp.in_s, wa, sa, &mbar[0], scales);
-#endif
-    };
-    in_prefetch(L, true);
+    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
     for (int l = 0; l < NL; ++l) {
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
@@ -1451,19 +1204,10 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         // The residual += the previous layer's out_proj, then in_proj's RMSNorm of it.
         auto stage_a = [&] {
             if (l > 0) add_out(res, sums + bp * SB, sums + NBUF * SB + bp * NG, eps);
-#if HYB
-            norm_to_shared<PA, 1, true>(res, na, eps, xs, red, xb, csum);
-#else
             norm_to_shared<PA, 1>(res, na, eps, xs, red);
-#endif
         };
-#if HYB
-        project_hyb(stage_a, wa, &mbar[0], parity, sf, xs, xb, csum, masks, part, zx_out, epoch_of(l), trace, l,
-                    issue_bc);
-#else
         project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx_out, epoch_of(l), nullptr, res_own,
                               trace, l, issue_bc);
-#endif
         if (!LL_ZX) {
             arrive(bar);
             ++nbar;
@@ -1472,11 +1216,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         }
         stamp(trace, l, 3);
         if (LATE_LOADS && l + 1 < NL) {
-#if HYB
-            hy_load_scales(Ln.in_s, sf);
-#else
             load_scales<PA>(Ln.in_s, sa);
-#endif
             prefetch_norm<PA>(Ln.norm_w, na);
         }
         // ---- B: conv + SSM step + gate, and out_proj by item
@@ -1487,7 +1227,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         // were still landing when the barrier that ends the layer was released, which waited for them (9.83
         // against 9.40 us a layer at 1.3B; issued after that barrier's arrival, in_proj waited for them instead).
         auto issue_a = [&] {
-            if (l + 1 < NL) in_prefetch(Ln, !LATE_LOADS);
+            if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
         };
         if ((!has_item && SPLIT_ISSUE_AT < 2) || SPLIT_ISSUE_AT == 0) issue_a();

@@ -76,7 +76,6 @@ from importlib import resources
 import torch
 
 from ..layout import GemvTernaryWeight, unpack_codes_ref
-from ..layout_mma import pack_mma
 
 XS = 64                # the denormal decode's power-of-two offset (triton/gemv.py)
 TARGET_WARPS = 8       # warps per CTA, rounded to a multiple of both projections' chunk counts
@@ -117,72 +116,14 @@ def proj_words(N: int, K: int, warps: int, grid: int) -> int:
     return 4 * _cdiv(rows_per_warp(N, K, warps, grid) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
 
 
-def hybrid_offsets(N: int, K: int, group: int, grid: int, tiles: int, ffma_warps: int) -> tuple[int, int]:
-    """(FOFF, BLK) of ``HYB`` in the .cu (``hy::``): bytes of a CTA's block of in_proj before its FFMA rows (the
-    ``tiles`` tensor-core tiles' words, K / 128 items of 512 bytes each, and their 16 rows' scales), and of the whole
-    block (the FFMA rows every one of ``ffma_warps`` warps may read, and a partial chunk's reach past the last)."""
-    kwt = K // 16
-    cw = 32 * _cdiv(kwt, 32)
-    maxf = _cdiv(N, grid) - 16 * tiles
-    maxrf = _cdiv(max(maxf, 1), ffma_warps)
-    foff = 16 * _cdiv(tiles * (K // 128) * 512 + 16 * tiles * (K // group) * 2, 16)
-    return foff, foff + 16 * _cdiv((maxrf * ffma_warps * kwt + cw - kwt) * 4, 16)
-
-
-def hybrid_error(cfg, in_w: GemvTernaryWeight, split_out: bool, grid: int, tiles: int) -> str | None:
-    """Why in_proj cannot run ``tiles`` tiles of 16 rows a CTA on tensor cores in the step (``hybrid``), or None:
-    the split out_proj, a row read in one chunk, d_model a multiple of 128, scale groups of a multiple of 128
-    inputs dividing it, and at least 16 ``tiles`` rows on every CTA."""
-    g, n = in_w.group_size, in_w.shape[0]
-    if not split_out:
-        return "the tensor-core in_proj needs the split out_proj"
-    if _chunks(cfg.d_model) != 1 or cfg.d_model % 128 or g % 128 or cfg.d_model % g:
-        return f"d_model={cfg.d_model} with groups of {g} (a multiple of 128 up to {32 * WMAX * 16}, groups of 128k)"
-    if tiles < 1 or 16 * tiles > n // grid:
-        return f"{tiles} tiles of 16 rows on each of {grid} CTAs ({n} rows)"
-    if warps_per_cta(cfg.d_model, cfg.d_inner) % 2:
-        return "an odd number of warps per CTA"
-    return None
-
-
-def auto_hybrid(cfg, in_w: GemvTernaryWeight, split_out: bool, grid: int) -> int:
-    """``FastDecoder``'s "auto" tiles of in_proj a CTA on tensor cores (0: none)."""
-    return 0
-
-
-def hybrid_layout(w: GemvTernaryWeight, grid: int, tiles: int, ffma_warps: int) -> torch.Tensor:
-    """in_proj (N, K) for ``HYB``: (grid, BLK / 4) int32, CTA c's block (rows [N c / grid, N (c + 1) / grid)): its
-    first 16 ``tiles`` rows in the tensor-core layout (``layout_mma.pack_mma``: words, then the rows' fp16 scales),
-    then its other rows as in the GEMV layout (K / 16 words each), zero-padded to ``hybrid_offsets``."""
-    N, K = w.shape
-    dev = w.words.device
-    kwt, mrows = K // 16, 16 * tiles
-    foff, blk = hybrid_offsets(N, K, w.group_size, grid, tiles, ffma_warps)
-    rb = torch.tensor([N * c // grid for c in range(grid + 1)], device=dev)
-    mrow = (rb[:-1, None] + torch.arange(mrows, device=dev)).reshape(-1)       # (grid 16 T,) tensor-core rows
-    mm = pack_mma(unpack_codes_ref(w)[mrow], w.scale[mrow], w.group_size)
-    maxf = _cdiv(N, grid) - mrows
-    frow = rb[:-1, None] + mrows + torch.arange(maxf, device=dev)              # (grid, maxf) FFMA rows
-    fw = torch.where((frow < rb[1:, None])[..., None], w.words[frow.clamp(max=N - 1)], 0)
-    u8 = lambda t: t.contiguous().view(torch.uint8).view(grid, -1)  # noqa: E731
-    parts = [u8(mm.words), u8(mm.scale)]
-    head = torch.cat(parts, 1)
-    out = torch.zeros(grid, blk, dtype=torch.uint8, device=dev)
-    out[:, :head.shape[1]] = head
-    out[:, foff:foff + maxf * kwt * 4] = u8(fw)
-    return out.view(torch.int32)
-
-
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
-                 out_group: int = 64, pair: bool = False, hybrid: int = 0, in_group: int = 128) -> int:
+                 out_group: int = 64, pair: bool = False) -> int:
     """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA (with ``split_out``,
     in_proj's and one SSM item's out_proj columns with their scales, groups of ``out_group`` inputs; with ``pair``
-    the columns of two items for half the rows; with ``hybrid`` tiles, in_proj's block of hybrid_layout, groups of
-    ``in_group``) and one SSM item's state tile (``state_bytes`` per element)."""
+    the columns of two items for half the rows) and one SSM item's state tile (``state_bytes`` per element)."""
     nw = warps_per_cta(cfg.d_model, cfg.d_inner)
     ch, _ = model_ssm_item(cfg, grid)
-    in_b = (hybrid_offsets(d_in_proj, cfg.d_model, in_group, grid, hybrid, nw)[1] if hybrid
-            else 4 * proj_words(d_in_proj, cfg.d_model, nw, grid))
+    in_b = 4 * proj_words(d_in_proj, cfg.d_model, nw, grid)
     if split_out:
         cols, rows = ch * (1 + pair), cfg.d_model // (1 + pair)
         out_b = rows * (cols // 16) * 4 + max(1, cols // out_group) * rows * 2
@@ -365,7 +306,7 @@ class PersistentDecodeStep:
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  pair: bool = False, sums_parts: int = 2, grid: int | None = None,
                  extra_options: tuple[str, ...] = (), embed: tuple | None = None,
-                 final_norm: tuple | None = None, hybrid: int = 0):
+                 final_norm: tuple | None = None):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -380,12 +321,6 @@ class PersistentDecodeStep:
         if not 1 <= sums_parts <= SUMS_PARTS_MAX:
             raise ValueError(f"persistent step: sums_parts={sums_parts} (1 to {SUMS_PARTS_MAX})")
         self.sums_parts = sums_parts
-        # hybrid = T: each CTA's first 16 T rows of in_proj on tensor cores, at once with its other rows on the FFMA
-        # decode (HYB in the .cu); in_proj kept again in hybrid_layout (1.3B: 212 MB more GPU memory).
-        if hybrid and (err := hybrid_error(cfg, win, split_out, self.grid, hybrid)) is not None:
-            raise ValueError(f"persistent step, tensor-core in_proj: {err}")
-        self.hybrid = int(hybrid)
-        self.in_hyb = [hybrid_layout(L.in_w, self.grid, hybrid, nw) for L in layers] if hybrid else None
         # embed = (ids, emb, emb_scale): the step starts from the embedding of ids[0, pos] itself (EMB in the .cu);
         # final_norm = (norm_f, xn): it also writes rmsnorm(residual) * norm_f to xn (1, d_model) in the model dtype
         # for the head (FINAL_NORM). Both need split_out.
@@ -421,11 +356,11 @@ class PersistentDecodeStep:
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
             f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
-            f"-DHYB={self.hybrid}", *extra_options]
+            *extra_options]
         self.threads = 32 * nw
         rows = []
-        for i, (L, ring, state, (sw, ss)) in enumerate(zip(layers, rings, states, self.split)):
-            ts = (self.in_hyb[i] if self.hybrid else L.in_w.words, L.in_w.scale, L.norm_w, L.conv_w, L.conv_b, L.dt_bias, L.A, L.D, L.gnorm_w,
+        for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
+            ts = (L.in_w.words, L.in_w.scale, L.norm_w, L.conv_w, L.conv_b, L.dt_bias, L.A, L.D, L.gnorm_w,
                   L.out_w.words, L.out_w.scale, ring, state, sw, ss)
             for name, t in zip(self.FIELDS, ts):
                 if not t.is_contiguous() or t.device != dev:
@@ -446,7 +381,7 @@ class PersistentDecodeStep:
         self.residual, self.zx, self.h, self.pos, self.eps = residual, zx, h, pos, eps
         self.kernel = get_kernel(_source(), "persistent_decode", self.options)
         self.smem = dynamic_smem(cfg, win.shape[0], self.grid, states[0].element_size(), split_out,
-                                 wout.group_size, self.pair, self.hybrid, win.group_size)
+                                 wout.group_size, self.pair)
         if self.kernel.static_smem > STATIC_SMEM_MAX:
             raise ValueError(f"persistent step: {self.kernel.static_smem} bytes of static shared memory")
         # One CTA per SM must fit (registers, shared memory), or the grid barriers could never complete; the
@@ -473,4 +408,4 @@ class PersistentDecodeStep:
 
 
 __all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
-           "auto_hybrid", "hybrid_error", "hybrid_layout", "hybrid_offsets", "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
+           "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
