@@ -396,3 +396,65 @@ def test_persistent_step_bf16_gpu():
     assert rel_err(a, b) < 1e-2, rel_err(a, b)
     for s1, s2 in zip(pers.states, per_layer.states):
         assert rel_err(s1, s2) < 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["tiny_ngroups2_grid4", "130m_2layers", "1.3b_3layers", "2.7b_2layers"])
+@pytest.mark.parametrize("split", [True, "pair"])
+def test_persistent_step_int16_in_proj_gpu(name, split):
+    """in_proj's products in integers on 16-bit block floating point (``persistent_int16``) against the same step in
+    fp32, the per-layer step and the model (tiny: pack blocks of 64; 130m: rows of 48 words, a partial chunk; 2.7B:
+    160 words, a uint4 and a single word per lane), graphed against eager tokens."""
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    _need_kernel()
+    m, grid = _models()[name]()
+    g = torch.Generator().manual_seed(7)
+    prompt = torch.randint(0, min(m.config.vocab_size, 50000), (1, 5), generator=g).cuda()
+    forced = torch.randint(0, min(m.config.vocab_size, 50000), (1, 6), generator=g).cuda()
+    cfgs = {"persistent": True, "persistent_grid": grid, "out_split": split}
+    if name.startswith("tiny") and split == "pair":
+        pytest.skip("tiny on 4 CTAs: pairs need an item per CTA")
+    i16 = FastDecoder(m, 1, 16, gemv_configs={**cfgs, "persistent_int16": True})
+    f32 = FastDecoder(m, 1, 16, gemv_configs={**cfgs, "persistent_int16": False})
+    per_layer = FastDecoder(m, 1, 16, gemv_configs={"persistent": False})
+    assert i16.persistent.int16 and not f32.persistent.int16
+    a = _check_against_per_layer(i16, per_layer, prompt, forced)
+    b = f32.teacher_forced_logits(prompt, forced)
+    assert rel_err(a, b) < 2e-3, rel_err(a, b)
+    assert rel_err(a, _model_logits(m, prompt, forced)) < 5e-3
+    assert torch.equal(i16.generate(prompt, 12, use_graph=False), i16.generate(prompt, 12, use_graph=True))
+
+
+@pytest.mark.gpu
+def test_persistent_step_int16_bf16_gpu():
+    """bf16 activations (8-bit significands: exact in the 16-bit blocks down to 2**-7 of a block's largest)."""
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    _need_kernel()
+    m = random_model("370m", weights="ternary", n_layer=2).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(8)
+    prompt = torch.randint(0, 50000, (1, 5), generator=g).cuda()
+    forced = torch.randint(0, 50000, (1, 6), generator=g).cuda()
+    i16 = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "persistent_int16": True})
+    f32 = FastDecoder(m, 1, 16, gemv_configs={"persistent": True, "persistent_int16": False})
+    assert i16.persistent.int16
+    a, b = i16.teacher_forced_logits(prompt, forced), f32.teacher_forced_logits(prompt, forced)
+    assert rel_err(a, b) < 1e-2, rel_err(a, b)
+
+
+def test_int16_refusals_on_cpu():
+    """int16_error names each refusal; FastDecoder checks the option's value."""
+    from ssmquant.kernels.cuda.persistent_decode import int16_error
+    from ssmquant.kernels.fast_decode import FastDecoder
+
+    m = to_ternary_(tiny_model(seed=1, d_model=128, n_layer=1, d_state=32, headdim=32), 64).to(DEVICE)
+    w = FastDecoder(m, 1, 2, gemv_configs={"persistent": False}).layers[0].in_w
+    assert int16_error(m.config, w, True) is None
+    assert "split out_proj" in int16_error(m.config, w, False)
+    m96 = to_ternary_(tiny_model(seed=1, d_model=96, n_layer=1, d_state=32, headdim=32), 32).to(DEVICE)
+    w96 = FastDecoder(m96, 1, 2, gemv_configs={"persistent": False}).layers[0].in_w
+    assert "d_model=96" in int16_error(m96.config, w96, True)
+    with pytest.raises(ValueError, match="persistent_int16"):
+        FastDecoder(m, 1, 2, gemv_configs={"persistent_int16": "yes"})
