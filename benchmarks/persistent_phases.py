@@ -1,6 +1,7 @@
 """Where the persistent decode step's time goes: the kernel alone, with phases switched off or loads moved.
 
-    PYTHONPATH=src python benchmarks/persistent_phases.py --preset 1.3b [--variant NAME=-DOPT,...] --out p.json
+    PYTHONPATH=src python benchmarks/persistent_phases.py --preset 1.3b [--variant NAME=-DOPT,...]
+        [--state-dtype fp16] --out p.json
 
 Builds the persistent step (``kernels/cuda/persistent_decode.py``) of a random ternary model of the preset's shape
 and times the kernel alone in a CUDA graph (``--launches`` launches per replay, median of ``--reps`` replays),
@@ -126,6 +127,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--trace", action="store_true", help="also time the phases inside one launch (clock64)")
     ap.add_argument("--trace-variant", default="full", help="the variant traced (default full)")
+    ap.add_argument("--state-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+                    help="SSM state storage (FastDecoder's state_dtype; default fp32)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     variants = dict(VARIANTS)
@@ -137,7 +140,8 @@ def main() -> None:
     model = random_model(a.preset, weights="ternary")
     cfg = model.config
     prompt = torch.randint(0, 50000, (1, 16), device="cuda")
-    dec = FastDecoder(model, 1, 8, gemv_configs={"persistent": False})
+    sd = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.state_dtype]
+    dec = FastDecoder(model, 1, 8, gemv_configs={"persistent": False}, state_dtype=sd)
     dec.start(prompt)
     result = {"preset": a.preset, "env": environment(), "n_layer": cfg.n_layer, "launches": a.launches, "rows": {}}
 

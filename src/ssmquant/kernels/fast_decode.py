@@ -52,7 +52,6 @@ from .cuda.persistent_decode import (
     auto_declines,
     auto_split,
     embed_mode,
-    int16_error,
     persistent_error,
 )
 from .cuda.ternary_mma import MAX_ROWS, mma_gemv, mma_gemv_error, mma_supported
@@ -170,9 +169,6 @@ class FastDecoder:
         sums_parts = self.gemv_configs.pop("sums_parts", 2)
         if sums_parts not in range(1, SUMS_PARTS_MAX + 1) or isinstance(sums_parts, bool):
             raise ValueError(f"gemv_configs['sums_parts']={sums_parts!r}: 1 to {SUMS_PARTS_MAX}")
-        pint16 = self.gemv_configs.pop("persistent_int16", "auto")
-        if pint16 not in (False, True, "auto"):
-            raise ValueError(f"gemv_configs['persistent_int16']={pint16!r}: use False, True or 'auto'")
         pgrid = self.gemv_configs.pop("persistent_grid", None)
         if pgrid is not None and (not isinstance(pgrid, int) or isinstance(pgrid, bool) or pgrid < 1):
             raise ValueError(f"gemv_configs['persistent_grid']={pgrid!r}: a positive number of CTAs, or None")
@@ -247,9 +243,6 @@ class FastDecoder:
                 # Split: the step also reads the token's embedding and writes the head's normed input itself (one
                 # launch fewer, and the head's GEMV reads 4 KB of activations a program instead of 24 KB).
                 fuse = split and embed_mode(self.emb, self.emb_scale, dtype) > 0
-                i16_err = int16_error(cfg, self.layers[0].in_w, split)
-                if pint16 is True and i16_err is not None:
-                    raise ValueError(f"persistent decode step, integer in_proj: {i16_err}")
                 self.xn = torch.zeros(M, cfg.d_model, dtype=dtype, **kw) if fuse else None
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
@@ -259,8 +252,7 @@ class FastDecoder:
                                                            grid=grid,
                                                            embed=(self.ids, self.emb, self.emb_scale) if fuse
                                                            else None,
-                                                           final_norm=(self.norm_f, self.xn) if fuse else None,
-                                                           int16=pint16 is not False and i16_err is None)
+                                                           final_norm=(self.norm_f, self.xn) if fuse else None)
                 except RuntimeError as e:       # compiling, or the CTAs cannot all be resident on this GPU
                     if persistent is True:
                         raise

@@ -41,17 +41,6 @@ typedef unsigned long long u64;
 #ifndef FIELDS
 #define FIELDS 16         // < 16: the products use only the first FIELDS fields of a word (wrong results;
 #endif                    // benchmarks/persistent_phases.py: what the products' arithmetic costs)
-// I16=1 (with SPLIT_OUT, pack blocks of at most 128 inputs): in_proj's products in integers. Its normed input
-// (rounded to the model dtype as always) enters them as 16-bit block floating point: per 128 inputs one exponent e
-// with max |x| < 2**e and x_i = rint(x * 2**(15 - e)) (|x_i| < 2**15; exact for inputs within 2**-4 of the
-// block's largest in fp16, within 2**-7 in bf16, an absolute error of at most 2**(e - 16) below). A word's 16
-// codes + 1 are masked four at a time into bytes, (w >> 2k) & 0x03030303 = fields k, k + 4, k + 8, k + 12, and
-// two dp2a (16-bit x 8-bit pairs, int32 accumulation) take them against packed pairs of x_i: 0.9 instructions per
-// weight, half of them on the FMA pipe, against AND + FFMA per weight (the AND on the half-rate ALU pipe). The
-// part's sum is exact; (sum - sum of its x_i) * 2**(e - 15) * scale in fp32.
-#ifndef I16
-#define I16 0
-#endif
 // SPLIT_OUT=1: out_proj split by input columns instead of rows, which removes the grid barrier before it. The CTA
 // that computes an SSM item's CH channels of h multiplies them by the item's CH columns of out_proj for every
 // output row and adds the (DM,) partial sums into a global buffer by fp32 atomics; the gated norm's 1 / rms, a
@@ -459,21 +448,10 @@ __device__ __forceinline__ void prefetch_norm(const float* __restrict__ nw, Norm
     }
 }
 
-// I16: the staged input in the fp32 buffer ``xs``: 16-bit integers, input k at x16_idx(k) (8 of padding per 128:
-// a lane's 8-byte loads in lane_x16 are then free of bank conflicts), then the blocks' exponents.
-__device__ __forceinline__ int x16_idx(int k) { return k + (k / 128) * 8; }
-constexpr int X16_LEN = DM + (DM / 128) * 8;
-__device__ __forceinline__ short* x16_at(float* xs) { return reinterpret_cast<short*>(xs); }
-__device__ __forceinline__ const short* x16_at(const float* xs) { return reinterpret_cast<const short*>(xs); }
-__device__ __forceinline__ int* x16_exp(float* xs) { return reinterpret_cast<int*>(xs) + X16_LEN / 2; }
-__device__ __forceinline__ const int* x16_exp(const float* xs) {
-    return reinterpret_cast<const int*>(xs) + X16_LEN / 2;
-}
-
 // The projection's input after its norm, in shared memory (padded per pack block, PJ::XLEN floats):
 // xs[k] = round(v[k] * nw[k] * rsqrt(mean over k's group of v**2 + eps)), NGRP groups of K / NGRP inputs; the
 // thread holds v[4 k4 .. 4 k4 + 3] for k4 = threadIdx.x + i NT (i < PER).
-template <class PJ, int NGRP, bool I16OUT = false>
+template <class PJ, int NGRP>
 __device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER], const NormW<PJ>& nw, float eps,
                                                float* xs, float* red) {
     constexpr int K4 = PJ::K / 4, PER = NormW<PJ>::PER, GS = PJ::K / NGRP;
@@ -508,7 +486,6 @@ __device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER]
         for (int w = 0; w < NW; ++w) t += red[w * NGRP + g];
         r[g] = rsqrtf(t / GS + eps);
     }
-    [[maybe_unused]] float4 oi[PER];               // (I16OUT: the rounded values, converted below)
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
         const int k4 = threadIdx.x + i * NT;
@@ -521,34 +498,7 @@ __device__ __forceinline__ void norm_to_shared(const float4 (&v)[NormW<PJ>::PER]
             float4 o;
             o.x = rnd(v[i].x * rg * n.x); o.y = rnd(v[i].y * rg * n.y);
             o.z = rnd(v[i].z * rg * n.z); o.w = rnd(v[i].w * rg * n.w);
-            if constexpr (I16OUT) oi[i] = o;
-            else *reinterpret_cast<float4*>(xs + k + (k / PJ::KB) * PJ::XPAD) = o;
-        }
-    }
-    if constexpr (I16OUT) {
-        // 16-bit block floating point (I16 above): x16_at(xs)[x16_idx(k)], the block's exponent x16_exp(xs)[k / 128].
-        // A warp's 128 inputs are one block (k4 = threadIdx.x + i NT, NT a multiple of 32, K4 too); the blocks' maxima
-        // are reduced together (one chain of shuffles, not PER).
-        float m[PER];
-#pragma unroll
-        for (int i = 0; i < PER; ++i)
-            m[i] = fmaxf(fmaxf(fabsf(oi[i].x), fabsf(oi[i].y)), fmaxf(fabsf(oi[i].z), fabsf(oi[i].w)));
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1)
-#pragma unroll
-            for (int i = 0; i < PER; ++i) m[i] = fmaxf(m[i], __shfl_xor_sync(0xffffffffu, m[i], off));
-#pragma unroll
-        for (int i = 0; i < PER; ++i) {
-            const int k4 = threadIdx.x + i * NT, k = 4 * k4;
-            if (k4 < K4) {
-                const int e = max((int)((__float_as_uint(m[i]) >> 23) & 0xff) - 126, -100);   // m < 2**e
-                const float f = __uint_as_float((u32)(127 + 15 - e) << 23);
-                const float4 o = oi[i];
-                const u32 lo = (u32)(__float2int_rn(o.x * f) & 0xffff) | ((u32)__float2int_rn(o.y * f) << 16);
-                const u32 hi = (u32)(__float2int_rn(o.z * f) & 0xffff) | ((u32)__float2int_rn(o.w * f) << 16);
-                *reinterpret_cast<uint2*>(x16_at(xs) + x16_idx(k)) = make_uint2(lo, hi);
-                if (lane == 0) x16_exp(xs)[k / 128] = e;
-            }
+            *reinterpret_cast<float4*>(xs + k + (k / PJ::KB) * PJ::XPAD) = o;
         }
     }
     __syncthreads();
@@ -655,108 +605,6 @@ __device__ __forceinline__ float row_dot(const u32* rw, const float (&xr)[16][PJ
     return acc;
 }
 
-__device__ __forceinline__ int dp2a_lo(u32 a, u32 b, int c) {
-    int d;
-    asm("dp2a.lo.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-__device__ __forceinline__ int dp2a_hi(u32 a, u32 b, int c) {
-    int d;
-    asm("dp2a.hi.s32.u32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
-// I16: the lane's inputs of its chunk as packed 16-bit pairs, xp[w][2 k] = {x(field k), x(field k + 4)} and
-// xp[w][2 k + 1] = {x(field k + 8), x(field k + 12)} of its word w (as uint4 parts, then single words: lane_x's
-// order). Every warp reads the same inputs (one chunk a row), so the CTA builds them once (x16_pairs), lane-minor
-// for conflict-free 16-byte reads: uint4 q of lane L at x16_pairs_at(xs)[q 32 + L].
-constexpr int X16_PAIRS = (X16_LEN / 2 + DM / 128 + 3) / 4 * 4;   // ints before the pairs (16-byte aligned)
-__device__ __forceinline__ uint4* x16_pairs_at(float* xs) {
-    return reinterpret_cast<uint4*>(reinterpret_cast<int*>(xs) + X16_PAIRS);
-}
-__device__ __forceinline__ const uint4* x16_pairs_at(const float* xs) {
-    return reinterpret_cast<const uint4*>(reinterpret_cast<const int*>(xs) + X16_PAIRS);
-}
-template <class PJ>
-__device__ __forceinline__ void x16_pairs(float* xs) {
-    const short* xi = x16_at(xs);
-    for (int i = threadIdx.x; i < 2 * PJ::WPL * 32; i += NT) {
-        const int L = i % 32, q = i / 32, slot = q / 2, half = q % 2;   // pairs 4 half .. 4 half + 3 of word slot
-        const int p = slot < 4 * PJ::Q4 ? slot / 4 : PJ::Q4 + slot - 4 * PJ::Q4;
-        const int u = slot < 4 * PJ::Q4 ? slot % 4 : 0;
-        const bool ok = part_word<PJ>(0, p, L) < PJ::KWT;
-        const int word = part_word<PJ>(0, p, L);
-        const int base = (word / PJ::KW) * PJ::KB + word % PJ::KW + u;
-        u32 r[4];
-#pragma unroll
-        for (int m = 0; m < 4; ++m) {         // pair 4 half + m: fields k, k + 4 (m even) or k + 8, k + 12 (odd)
-            const int k = 2 * half + m / 2, f0 = k + 8 * (m % 2);
-            const u32 a = ok ? (u16)xi[x16_idx(base + f0 * PJ::KW)] : 0u;
-            const u32 b = ok ? (u16)xi[x16_idx(base + (f0 + 4) * PJ::KW)] : 0u;
-            r[m] = a | (b << 16);
-        }
-        x16_pairs_at(xs)[i] = make_uint4(r[0], r[1], r[2], r[3]);
-    }
-    __syncthreads();
-}
-// The lane's pairs (above), each part's sum of x_i (sx) and 2**(e - 15) of its block (ef). Inputs past the row are 0.
-template <class PJ>
-__device__ __forceinline__ void lane_x16(const float* xs, u32 (&xp)[PJ::WPL][8], int (&sx)[PJ::NPART],
-                                         float (&ef)[PJ::NPART]) {
-    const int lane = threadIdx.x % 32;
-    const uint4* src = x16_pairs_at(xs);
-#pragma unroll
-    for (int w = 0; w < PJ::WPL; ++w) {
-        const uint4 a = src[(2 * w) * 32 + lane], b = src[(2 * w + 1) * 32 + lane];
-        xp[w][0] = a.x; xp[w][1] = a.y; xp[w][2] = a.z; xp[w][3] = a.w;
-        xp[w][4] = b.x; xp[w][5] = b.y; xp[w][6] = b.z; xp[w][7] = b.w;
-    }
-#pragma unroll
-    for (int p = 0; p < PJ::NPART; ++p) {
-        const int w0 = p < PJ::Q4 ? 4 * p : 4 * PJ::Q4 + p - PJ::Q4, nw = p < PJ::Q4 ? 4 : 1;
-        int f[4] = {0, 0, 0, 0};              // four chains (one chain of dp2a waited on their latency)
-#pragma unroll
-        for (int w = 0; w < nw; ++w)
-#pragma unroll
-            for (int m = 0; m < 8; ++m) f[m % 4] = dp2a_lo(xp[w0 + w][m], 0x01010101u, f[m % 4]);
-        sx[p] = (f[0] + f[1]) + (f[2] + f[3]);
-        const int word = part_word<PJ>(0, p, lane);
-        ef[p] = word < PJ::KWT ? __uint_as_float((u32)(127 - 15 + x16_exp(xs)[(word / PJ::KW) * PJ::KB / 128]) << 23)
-                               : 0.f;
-    }
-}
-
-// A word's sum of (code + 1) x_i: its fields four at a time as bytes, each against two pairs of x_i.
-__device__ __forceinline__ int word_dot16(u32 w, const u32 (&xp)[8], int acc) {
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-        const u32 b = (w >> (2 * k)) & 0x03030303u;
-        acc = dp2a_lo(xp[2 * k], b, acc);
-        acc = dp2a_hi(xp[2 * k + 1], b, acc);
-    }
-    return acc;
-}
-// row_dot in integers (I16).
-template <class PJ>
-__device__ __forceinline__ float row_dot16(const u32* rw, const u32 (&xp)[PJ::WPL][8], const int (&sx)[PJ::NPART],
-                                           const float (&ef)[PJ::NPART], const u16 (&scale)[PJ::NPART], int lane) {
-    float acc = 0.f;
-#pragma unroll
-    for (int q = 0; q < PJ::Q4; ++q) {
-        const uint4 v = *reinterpret_cast<const uint4*>(rw + 128 * q + 4 * lane);
-        int a = word_dot16(v.x, xp[4 * q], 0);
-        a = word_dot16(v.y, xp[4 * q + 1], a);
-        a = word_dot16(v.z, xp[4 * q + 2], a);
-        a = word_dot16(v.w, xp[4 * q + 3], a);
-        acc += (float)(a - sx[q]) * ef[q] * h2f(scale[q]);
-    }
-#pragma unroll
-    for (int s = 0; s < PJ::S1; ++s) {
-        const int a = word_dot16(rw[128 * PJ::Q4 + 32 * s + lane], xp[4 * PJ::Q4 + s], 0);
-        acc += (float)(a - sx[PJ::Q4 + s]) * ef[PJ::Q4 + s] * h2f(scale[PJ::Q4 + s]);
-    }
-    return acc;
-}
-
 // Sums R values (R a power of two <= 32) over the warp's lanes at once (call with N = R, O = 16): each butterfly
 // step halves the values a lane holds (it keeps one half and sends the other), so R values cost R - 1 +
 // log2(32 / R) shuffles instead of 5 R. Returns, in lane l, the sum of value l / (32 / R).
@@ -803,13 +651,8 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
     stamp(trace, l, RES ? 8 : 2);
     after_stage();
     if (!RES) fine_stamp(trace, l, 12);
-    constexpr bool INT = I16 && !RES;
-    float xr[INT ? 1 : 16][INT ? 1 : PJ::WPL], sx[PJ::NPART];
-    u32 xp[INT ? PJ::WPL : 1][8];
-    int sxi[PJ::NPART];
-    float ef[PJ::NPART];
-    if constexpr (INT) lane_x16<PJ>(xs, xp, sxi, ef);
-    else lane_x<PJ>(xs, xr, sx);
+    float xr[16][PJ::WPL], sx[PJ::NPART];
+    lane_x<PJ>(xs, xr, sx);
     if (!RES) fine_stamp(trace, l, 13);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const LaneChunk lc = lane_chunk<PJ>();
@@ -824,8 +667,7 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
 #pragma unroll
     for (int i = 0; i < R; ++i) {
         const int ii = i < PJ::MAXR ? i : 0;
-        if constexpr (INT) v[i] = i < PJ::MAXR ? row_dot16<PJ>(bw + ii * PJ::NWG * PJ::KWT, xp, sxi, ef, sr[ii], lane) : 0.f;
-        else v[i] = i < PJ::MAXR ? row_dot<PJ>(bw + ii * PJ::NWG * PJ::KWT, xr, sx, sr[ii], lane) : 0.f;
+        v[i] = i < PJ::MAXR ? row_dot<PJ>(bw + ii * PJ::NWG * PJ::KWT, xr, sx, sr[ii], lane) : 0.f;
     }
     if (!RES) fine_stamp(trace, l, 15);
     const float sum = multi_warp_sum<R, 16, R>(v, lane);
@@ -1260,9 +1102,7 @@ __device__ __forceinline__ void emb_row(const long long* ids, const void* emb, c
 using PA = Proj<DIP, DM, KBIN, GIN>;
 using PC = Proj<DM, E, KBOUT, GOUT>;
 // (SPLIT_OUT never stages out_proj's input.)
-constexpr int XMAX0 = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
-// (I16: in_proj's input as 16-bit integers, exponents and the lanes' pairs, in the same buffer.)
-constexpr int XMAX = I16 && X16_PAIRS + 8 * PA::WPL * 32 > XMAX0 ? X16_PAIRS + 8 * PA::WPL * 32 : XMAX0;
+constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
 constexpr int PMAX = (PA::RPC * PA::NCH > PC::RPC * PC::NCH || SPLIT_OUT ? PA::RPC * PA::NCH : PC::RPC * PC::NCH);
 // Bytes of dynamic shared memory before the state tile: in_proj's words, then out_proj's (or SPLIT_OUT's item).
 constexpr int WC_BYTES = SPLIT_OUT ? SPLIT_WORDS_B + SPLIT_SCALES_B : PC::WORDS * 4;
@@ -1270,7 +1110,6 @@ constexpr int WC_BYTES = SPLIT_OUT ? SPLIT_WORDS_B + SPLIT_SCALES_B : PC::WORDS 
 static_assert(NW % PA::NCH == 0 && NW % PC::NCH == 0, "warps per CTA must be a multiple of both chunk counts");
 static_assert(PA::KW % 4 == 0 && PC::KW % 4 == 0, "pack blocks of at least 64 inputs");
 static_assert(CH * TPC <= NT, "SSM item larger than the CTA");
-static_assert(!I16 || (SPLIT_OUT && KBIN <= 128 && DM % 128 == 0 && PA::NCH == 1), "I16 shape");
 static_assert(P % CH == 0 && NS % TPC == 0 && SPT % 8 == 0 && 32 % TPC == 0, "SSM item shape");
 
 extern "C" __global__ void __launch_bounds__(NT, 1)
@@ -1365,8 +1204,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         // The residual += the previous layer's out_proj, then in_proj's RMSNorm of it.
         auto stage_a = [&] {
             if (l > 0) add_out(res, sums + bp * SB, sums + NBUF * SB + bp * NG, eps);
-            norm_to_shared<PA, 1, I16>(res, na, eps, xs, red);
-            if constexpr (I16) x16_pairs<PA>(xs);
+            norm_to_shared<PA, 1>(res, na, eps, xs, red);
         };
         project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx_out, epoch_of(l), nullptr, res_own,
                               trace, l, issue_bc);

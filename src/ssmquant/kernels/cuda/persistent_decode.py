@@ -116,16 +116,6 @@ def proj_words(N: int, K: int, warps: int, grid: int) -> int:
     return 4 * _cdiv(rows_per_warp(N, K, warps, grid) * (warps // nch) * kwt + nch * _chunk_words(K) - kwt, 4)
 
 
-def int16_error(cfg, in_w: GemvTernaryWeight, split_out: bool) -> str | None:
-    """Why in_proj's products cannot run in integers (``int16``, I16 in the .cu), or None: the split out_proj, d_model
-    a multiple of 128 and pack blocks of at most 128 inputs (a lane's part within one exponent block)."""
-    if not split_out:
-        return "integer products need the split out_proj"
-    if cfg.d_model % 128 or in_w.block > 128:
-        return f"d_model={cfg.d_model} with pack blocks of {in_w.block} (a multiple of 128, blocks of at most 128)"
-    return None
-
-
 def dynamic_smem(cfg, d_in_proj: int, grid: int, state_bytes: int, split_out: bool = False,
                  out_group: int = 64, pair: bool = False) -> int:
     """Bytes of dynamic shared memory (``wbuf`` in the .cu): both projections' words of a CTA (with ``split_out``,
@@ -316,7 +306,7 @@ class PersistentDecodeStep:
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  pair: bool = False, sums_parts: int = 2, grid: int | None = None,
                  extra_options: tuple[str, ...] = (), embed: tuple | None = None,
-                 final_norm: tuple | None = None, int16: bool = False):
+                 final_norm: tuple | None = None):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -331,10 +321,6 @@ class PersistentDecodeStep:
         if not 1 <= sums_parts <= SUMS_PARTS_MAX:
             raise ValueError(f"persistent step: sums_parts={sums_parts} (1 to {SUMS_PARTS_MAX})")
         self.sums_parts = sums_parts
-        # int16: in_proj's normed input as 16-bit block floating point, its products in integers (I16 in the .cu).
-        if int16 and (err := int16_error(cfg, win, split_out)) is not None:
-            raise ValueError(f"persistent step, integer in_proj: {err}")
-        self.int16 = bool(int16)
         # embed = (ids, emb, emb_scale): the step starts from the embedding of ids[0, pos] itself (EMB in the .cu);
         # final_norm = (norm_f, xn): it also writes rmsnorm(residual) * norm_f to xn (1, d_model) in the model dtype
         # for the head (FINAL_NORM). Both need split_out.
@@ -370,7 +356,7 @@ class PersistentDecodeStep:
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
             f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
-            f"-DI16={int(self.int16)}", *extra_options]
+            *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
@@ -422,4 +408,4 @@ class PersistentDecodeStep:
 
 
 __all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
-           "int16_error", "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
+           "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
