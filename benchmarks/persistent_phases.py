@@ -113,7 +113,7 @@ def trace_segments(step, n_layer: int, fine: bool = False) -> dict:
 
 @torch.no_grad()
 def main() -> None:
-    from ssmquant.bench.gpu import environment
+    from ssmquant.bench.gpu import STATE_DTYPES, environment
     from ssmquant.bench.models import random_model
     from ssmquant.kernels.cuda.persistent_decode import PersistentDecodeStep
     from ssmquant.kernels.fast_decode import FastDecoder
@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--trace", action="store_true", help="also time the phases inside one launch (clock64)")
     ap.add_argument("--trace-variant", default="full", help="the variant traced (default full)")
-    ap.add_argument("--state-dtype", choices=("fp32", "fp16", "bf16"), default="fp32",
+    ap.add_argument("--state-dtype", choices=tuple(STATE_DTYPES), default="fp32",
                     help="SSM state storage (FastDecoder's state_dtype; default fp32)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -140,8 +140,7 @@ def main() -> None:
     model = random_model(a.preset, weights="ternary")
     cfg = model.config
     prompt = torch.randint(0, 50000, (1, 16), device="cuda")
-    sd = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[a.state_dtype]
-    dec = FastDecoder(model, 1, 8, gemv_configs={"persistent": False}, state_dtype=sd)
+    dec = FastDecoder(model, 1, 8, gemv_configs={"persistent": False}, state_dtype=STATE_DTYPES[a.state_dtype])
     dec.start(prompt)
     result = {"preset": a.preset, "env": environment(), "n_layer": cfg.n_layer, "launches": a.launches, "rows": {}}
 

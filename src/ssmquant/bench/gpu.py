@@ -83,12 +83,13 @@ class DecodeBenchConfig:
             raise ValueError(f"persistent={self.persistent!r}: use one of {', '.join(_PERSISTENT)}")
         if self.out_split not in _SPLIT:
             raise ValueError(f"out_split={self.out_split!r}: use one of {', '.join(_SPLIT)}")
-        if self.state_dtype not in _STATE:
-            raise ValueError(f"state_dtype={self.state_dtype!r}: use one of {', '.join(_STATE)}")
+        if self.state_dtype not in STATE_DTYPES:
+            raise ValueError(f"state_dtype={self.state_dtype!r}: use one of {', '.join(STATE_DTYPES)}")
 
 
 _PDL = {"default": None, "early": "early", "after": "after", "off": False}
-_STATE = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# --state-dtype's names (ssmquant bench decode, benchmarks/persistent_phases.py)
+STATE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _PERSISTENT = {"auto": "auto", "on": True, "off": False}
 _SPLIT = {"off": False, "on": True, "pair": "pair", "auto": "auto"}
 
@@ -167,7 +168,7 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
                     "out_split": _SPLIT[cfg.out_split], **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
 
-    def timed(state_dtype=_STATE[cfg.state_dtype], kernels: bool = True, **configs) -> dict:
+    def timed(state_dtype=STATE_DTYPES[cfg.state_dtype], kernels: bool = True, **configs) -> dict:
         """A fast decoder of ``model`` as it is now: its timing, which GEMVs it ran, its check against the model."""
         dec = FastDecoder(model, cfg.batch, cfg.new_tokens, state_dtype=state_dtype,
                           gemv_configs={**gemv_configs, **configs})

@@ -396,14 +396,12 @@ class PersistentDecodeStep:
         """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps (48 slots a layer
         with -DFINE_TRACE=1; benchmarks/persistent_phases.py --trace), or None."""
         self.sync.zero_()
-        p = lambda t: ctypes.c_void_p(t.data_ptr())  # noqa: E731
-        null = ctypes.c_void_p(0)
+        p = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731  (None: a null pointer)
         ids, emb, emb_scale = self.embed if self.embed is not None else (None, None, None)
         norm_f, xn = self.final_norm if self.final_norm is not None else (None, None)
-        q = lambda t: null if t is None else p(t)
         args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
-                ctypes.c_float(self.eps), ctypes.c_void_p(trace.data_ptr() if trace is not None else 0), p(self.zxl),
-                p(self.gen), q(ids), q(emb), q(emb_scale), q(norm_f), q(xn)]
+                ctypes.c_float(self.eps), p(trace), p(self.zxl), p(self.gen), p(ids), p(emb), p(emb_scale), p(norm_f),
+                p(xn)]
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
