@@ -20,7 +20,8 @@ states (fp32, or fp16 / bf16 with ``state_dtype``), the logits. One decode step 
 so 3 kernels per layer against about 10 in mamba-ssm's step (DF-SSM: 5, each projection adds its ``V x``
 GEMV). At batch 1 with 2-bit ternary projections the layers run instead as one persistent kernel
 (``cuda/persistent_decode.py``: a CTA per SM, grid barriers between the phases, weights copied ahead), between the
-same embedding and head kernels. On Hopper the layer kernels are launched with programmatic dependent launch, so
+same embedding and head kernels; there, at batch 1 with greedy sampling, the head's GEMV and the argmax are one
+kernel (``cuda/head_argmax.py``). On Hopper the layer kernels are launched with programmatic dependent launch, so
 each one's weight loads overlap the kernels before it (``pdl.py`` has the rules). Ternary projections run the
 Triton GEMV or the tensor-core one (``cuda/ternary_mma.py``), chosen per projection and batch size
 (:func:`_mma_or`). At batch >= ``GEMM_MIN_BATCH`` ternary and dense projections switch to a norm kernel
@@ -46,6 +47,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
+from .cuda.head_argmax import HeadArgmax, head_argmax_error, head_argmax_supported
 from .cuda.persistent_decode import (
     SUMS_PARTS_MAX,
     PersistentDecodeStep,
@@ -137,7 +139,9 @@ class FastDecoder:
     sums of out_proj in 1-4 parts, each CTA adding into one; default 2, measured faster: ``persistent_decode``),
     "persistent_grid" (CTAs of the
     persistent kernel, at most one per SM; default None: one per SM. Fewer give each CTA more rows and SSM items:
-    for tests and measurements, never faster).
+    for tests and measurements, never faster), "head_argmax" (batch 1 after a persistent step that writes the
+    head's normed input: the head GEMV and greedy sampling's argmax in one kernel, ``cuda/head_argmax.py``; "auto"
+    (default) where it can run, True (error where it cannot) or False; it also serves sampled decoding's logits).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -173,6 +177,9 @@ class FastDecoder:
         if pgrid is not None and (not isinstance(pgrid, int) or isinstance(pgrid, bool) or pgrid < 1):
             raise ValueError(f"gemv_configs['persistent_grid']={pgrid!r}: a positive number of CTAs, or None")
         mma = self.gemv_configs.pop("mma", "auto")
+        head_argmax = self.gemv_configs.pop("head_argmax", "auto")
+        if head_argmax not in (False, True, "auto"):
+            raise ValueError(f"gemv_configs['head_argmax']={head_argmax!r}: use False, True or 'auto'")
         # None: each kernel kind's default (kernels/pdl.py); a mode given is checked here, used on CUDA only.
         pdl = self.gemv_configs.pop("pdl", None)
         if pdl is not None:
@@ -260,6 +267,14 @@ class FastDecoder:
                                   stacklevel=2)
             elif persistent is True:
                 raise ValueError(f"persistent decode step: {err}")
+        # Batch 1 after a step that writes the head's input: head GEMV + argmax (+ append) in one launch.
+        self.head_argmax = None
+        if head_argmax is not False:
+            err = self._head_argmax_error()
+            if err is None:
+                self.head_argmax = HeadArgmax(dev)
+            elif head_argmax is True:
+                raise ValueError(f"fused head + argmax: {err}")
         self.temperature, self.top_k = 0.0, 0
         self.graph: torch.cuda.CUDAGraph | None = None
 
@@ -323,23 +338,38 @@ class FastDecoder:
         """Whether the persistent step reads the embedding and writes the head's normed input ``xn`` itself."""
         return self.persistent is not None and self.persistent.embed is not None
 
-    def _head(self) -> None:
-        """logits = head(rmsnorm(residual)) (from ``xn``, the step's normed residual, when it writes it)."""
-        if self._fused_ends:
+    def _head_argmax_error(self) -> str | None:
+        """Why the fused head + argmax (``cuda/head_argmax.py``) cannot serve this decoder, or None."""
+        if self.batch_size != 1:
+            return f"batch 1 only (decoder built for {self.batch_size})"
+        if self.xn is None:
+            return "it needs the persistent step's normed head input (batch 1, 2-bit ternary, out_proj split)"
+        if self.device.type != "cuda" or not head_argmax_supported():
+            return "it needs NVRTC and a CUDA GPU of compute capability >= 8.0"
+        return head_argmax_error(self.xn[0], self.head_w, self.head_scale)
+
+    def _head(self, append: tuple | None = None) -> None:
+        """logits = head(rmsnorm(residual)) (from ``xn``, the step's normed residual, when it writes it). With the
+        fused head + argmax, also tok = the greedy token, appended at ids[:, pos + 1] (pos += 1) with ``append``."""
+        if self.head_argmax is not None:
+            self.head_argmax(self.xn[0], self.head_w, self.head_scale, self.logits[0], self.tok,
+                             vocab=self.vocab_size, append=append, pdl=bool(resolve_pdl(self.pdl, "gemv")))
+        elif self._fused_ends:
             self._proj(self.xn, self.head_w, norm=None, norm_w=None, out=self.logits, key="head",
                        row_scale=self.head_scale)
         else:
             self._proj(self.residual, self.head_w, norm="rms", norm_w=self.norm_f, out=self.logits, key="head",
                        row_scale=self.head_scale)
 
-    def _forward(self) -> None:
+    def _forward(self, append: tuple | None = None) -> None:
+        """ids[:, pos] -> logits (``append``: the fused head's greedy token also appended, see :meth:`_head`)."""
         if not self._fused_ends:
             self._embed()
         if self.persistent is not None:
             self.persistent()
         else:
             self._layers()
-        self._head()
+        self._head(append)
 
     def _sample(self, append: bool = False) -> None:
         """tok = the next token of each row (greedy or sampled); ``append``: also ids[:, pos + 1] = tok and pos += 1,
@@ -359,6 +389,9 @@ class FastDecoder:
 
     def step(self) -> None:
         """One token for every sequence: ids[:, pos] -> logits -> ids[:, pos + 1]; pos += 1. Eager."""
+        if self.head_argmax is not None and self.temperature <= 0:
+            self._forward(append=(self.ids, self.pos))      # greedy: the head's kernel samples and appends
+            return
         self._forward()
         self._sample(append=True)
 
