@@ -64,9 +64,6 @@ static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_O
 #ifndef SPLIT_STAGGER
 #define SPLIT_STAGGER 1   // each CTA starts its atomics at its own row (else all start at row 0 at once)
 #endif
-#ifndef RELEASE_HEAD
-#define RELEASE_HEAD 1    // SPLIT_OUT: release the next kernel (the head, with PDL) after the last barrier
-#endif
 #ifndef SPLIT_ISSUE_AT
 #define SPLIT_ISSUE_AT 0      // the next in_proj's copies issued: 0 before the SSM step, 1 after it, 2 after the
                               // layer's arrival
@@ -1274,11 +1271,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     }
     // The last layer's out_proj into the residual, written back by CTA 0 for the head.
     wait(bar, nbar * GRID);
-#if RELEASE_HEAD && __CUDA_ARCH__ >= 900
-    // The head's kernel (launched with PDL) may start on the SMs the other CTAs leave now and load its first
-    // weights; it reads what this grid writes only after its griddepcontrol.wait, i.e. once this grid is complete.
-    asm volatile("griddepcontrol.launch_dependents;");
-#endif
     if (cta == 0) {
         const int pl = (NL - 1) % NBUF;
         add_out(res, sums + pl * SB, sums + NBUF * SB + pl * NG, eps);

@@ -71,7 +71,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import os
 from importlib import resources
 
 import torch
@@ -357,7 +356,7 @@ class PersistentDecodeStep:
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
             f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
-            *extra_options, *os.environ.get("SSMQUANT_PERSISTENT_EXTRA", "").split()]   # EXPERIMENT
+            *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
