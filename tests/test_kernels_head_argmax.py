@@ -241,3 +241,13 @@ def test_fast_decoder_with_the_fused_head_gpu(head):
     assert torch.equal(fused.generate(prompt, 20, use_graph=True), toks)
     sampled = fused.generate(prompt, 20, temperature=0.8, top_k=50)[:, prompt.shape[1]:]
     assert bool(((sampled >= 0) & (sampled < m.config.vocab_size)).all())
+
+
+def test_bench_decode_head_argmax_option():
+    """``ssmquant bench decode --head-argmax``'s values; others fail when the config is made, not on the GPU."""
+    from ssmquant.bench.gpu import DecodeBenchConfig
+
+    for v in ("auto", "on", "off"):
+        assert DecodeBenchConfig(head_argmax=v).head_argmax == v
+    with pytest.raises(ValueError, match="head_argmax"):
+        DecodeBenchConfig(head_argmax="yes")
