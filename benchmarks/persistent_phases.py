@@ -99,6 +99,14 @@ def trace_segments(step, n_layer: int, fine: bool = False) -> dict:
         stamped = [c for c in range(t.shape[0]) if bool((t[c, :, a] != 0).all() and (t[c, :, max(b, 0)] != 0).all())]
         us = us[stamped]
         out[name] = {"median": us.median().item(), "max_cta": us.median(1).values.max().item()}
+    # The launch's fixed costs, per CTA (clock): from its start to layer 0's first stamp, layer 0 whole (its
+    # in_proj's words were not copied ahead), and from the last layer's arrival to its end (the final norm).
+    cyc = ns_per_cycle / 1000
+    for name, d in (("start_to_layer0", t[:, 0, 0] - t[:, 0, 10]), ("layer0", t[:, 0, 9] - t[:, 0, 0]),
+                    ("later_layers", (t[:, -1, 9] - t[:, 0, 9]) / max(1, n_layer - 1)),
+                    ("last_arrival_to_end", t[:, 1, 10] - t[:, -1, 9])):
+        us = d * cyc
+        out[name] = {"median": us.median().item(), "max_cta": us.max().item()}
     # Barriers across CTAs (global timer): arrival skew (last minus first arrival) and latency (median release
     # minus last arrival), medians over layers. Arrive = slot 3 / 6 / 9, release = 5 / 7 / next layer's 1.
     g = t[:, :, slots // 2:] / 1000                                     # us
@@ -123,6 +131,9 @@ def main() -> None:
     ap.add_argument("--variant", action="append", default=[],
                     help="NAME=-DOPT[,-DOPT...]: an extra variant (default: the built-in list)")
     ap.add_argument("--only", nargs="*", default=None, help="run only these variants")
+    ap.add_argument("--ends", action="store_true",
+                    help="split variants also read the token's embedding and write the head's normed input, as in "
+                         "FastDecoder's default step")
     ap.add_argument("--launches", type=int, default=20)
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--trace", action="store_true", help="also time the phases inside one launch (clock64)")
@@ -147,9 +158,14 @@ def main() -> None:
     us = _time(dec._layers, a.launches, a.reps)
     result["rows"]["per_layer_kernels"] = {"us": us, "us_per_layer": us / cfg.n_layer}
     print(f"{'per_layer_kernels':24s} {us:9.1f} us  {us / cfg.n_layer:6.2f} us/layer", flush=True)
+    xn = torch.zeros(1, cfg.d_model, dtype=dec.zx.dtype, device="cuda")
+
     def build(opts):
         parts = [int(o.split("=")[1]) for o in opts if o.startswith("-DSUMS_PARTS=")]
+        ends = a.ends and SPLIT in opts
         return PersistentDecodeStep(cfg, dec.layers, dec.rings, dec.states, residual=dec.residual, zx=dec.zx,
+                                    embed=(dec.ids, dec.emb, dec.emb_scale) if ends else None,
+                                    final_norm=(dec.norm_f, xn) if ends else None,
                                     h=dec.h, pos=dec.pos, eps=cfg.norm_eps, split_out=SPLIT in opts,
                                     pair=PAIR in opts, sums_parts=parts[-1] if parts else 2,
                                     extra_options=tuple(o for o in opts if o not in (SPLIT, PAIR)

@@ -61,6 +61,9 @@ typedef unsigned long long u64;
 #define FINAL_NORM 0
 #endif
 static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_OUT only");
+#ifndef PREFETCH_FIRST
+#define PREFETCH_FIRST 1  // SPLIT_OUT: the first in_proj's copies issued before the embedding is read
+#endif
 #ifndef SPLIT_STAGGER
 #define SPLIT_STAGGER 1   // each CTA starts its atomics at its own row (else all start at row 0 at once)
 #endif
@@ -1167,14 +1170,17 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     auto epoch_of = [&](int l) { return (u32)(gen * NL + l + 1) & 0xffffu; };
     void* zx_out = LL_ZX ? static_cast<void*>(zxl) : static_cast<void*>(zx);
     float4 res[NormW<PA>::PER];                      // the thread's elements of the residual, across layers
+    LayerP L = layers[0];
+    // The first in_proj's words before the embedding: they do not depend on the token, and the embedding's chain
+    // of loads (pos, then ids[pos], then its row) has them to land in.
+    if (PREFETCH_FIRST) prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
 #if EMB
     emb_row<PA>(ids, emb, emb_scale, T, res);        // the residual starts as the embedding of ids[pos]
 #else
     load_vec<PA>(residual, res);
 #endif
     float res_own = 0.f;                             // (project's out_proj register: unused here)
-    LayerP L = layers[0];
-    prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
+    if (!PREFETCH_FIRST) prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
     for (int l = 0; l < NL; ++l) {
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
