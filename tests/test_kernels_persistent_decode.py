@@ -343,6 +343,32 @@ def test_persistent_step_sums_parts_gpu(sums_parts):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("split", [True, "pair"])
+def test_split_step_leaves_its_counter_and_sums_ready_gpu(split):
+    """With out_proj split the step runs without a memset between launches: after each launch its partial sums
+    are all zero again and its barrier counter has counted n_layer arrivals a CTA a launch; eager launches and
+    graph replays of many steps (with PDL where it is on) give the same tokens."""
+    from ssmquant.bench.models import random_model
+    from ssmquant.kernels.fast_decode import GRAPH_STEPS, FastDecoder
+
+    _need_kernel()
+    m = random_model("1.3b", weights="ternary", n_layer=3)
+    dec = FastDecoder(m, 1, 2 * GRAPH_STEPS + 4, gemv_configs={"persistent": True, "out_split": split})
+    st = dec.persistent
+    assert st.self_reset
+    prompt = torch.randint(0, 50000, (1, 5), generator=torch.Generator().manual_seed(4)).cuda()
+    dec.start(prompt)
+    for k in range(1, 4):
+        st()
+        torch.cuda.synchronize()
+        assert int(st.gen) == k and int(st.bar) == k * m.config.n_layer * st.grid
+        assert not bool(st.sums.any())
+    eager = dec.generate(prompt, 2 * GRAPH_STEPS + 3, use_graph=False)
+    graphed = dec.generate(prompt, 2 * GRAPH_STEPS + 3, use_graph=True)      # two replays of many steps, then 2
+    assert dec.graph_many is not None and torch.equal(eager, graphed)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("scale_dtype", [torch.float16, torch.float32])
 def test_persistent_step_int8_embedding_and_head_gpu(scale_dtype):
     """Tied int8 embedding and head: with fp16 row scales the split step reads the token's int8 embedding row

@@ -61,6 +61,9 @@ typedef unsigned long long u64;
 #define FINAL_NORM 0
 #endif
 static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_OUT only");
+#ifndef SELF_RESET
+#define SELF_RESET 0      // LL_ZX: the launch leaves its counter and sums ready for the next (no memset between)
+#endif
 #ifndef PREFETCH_FIRST
 #define PREFETCH_FIRST 1  // SPLIT_OUT: the first in_proj's copies issued before the embedding is read
 #endif
@@ -95,6 +98,7 @@ static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_O
 #endif
 static_assert(!LL_ZX || SPLIT_OUT, "LL_ZX needs SPLIT_OUT (out_proj by rows has its barrier anyway)");
 constexpr int NBUF = LL_ZX ? 3 : 2;   // SPLIT_OUT's partial-sum buffers
+static_assert(!SELF_RESET || LL_ZX, "SELF_RESET: with LL_ZX only");
 // SUMS_PARTS: each buffer in this many parts, CTA c adding into part c % SUMS_PARTS and the readers adding the parts
 // up. By item that halves the atomics on each line of the buffer; by pairs it does not (the two CTAs of a pair add
 // different rows), yet 2 parts measured faster there too (1.3B on an H100: 8.06 against 9.08 us a layer; see
@@ -259,9 +263,17 @@ __device__ __forceinline__ void wait(u32* bar, u32 target) {
         u32 v;
         do {
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(bar) : "memory");
-        } while (v < target);
+        } while ((int)(v - target) < 0);               // (SELF_RESET: the counter wraps around)
     }
     __syncthreads();
+}
+
+// Programmatic dependent launch: nothing the kernel before writes (pos, ids, the residual, the states, ...) is read,
+// and nothing is written, before this (a no-op without the launch attribute).
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
 }
 
 // ---------------------------------------------------------------- asynchronous copies to shared memory
@@ -1135,7 +1147,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     // SPLIT_OUT: the block's h times the norm weight (SCOLS: under SPLIT_PAIR the other CTA writes its half), then
     // the item's h squared (CH).
     __shared__ float hsm[SPLIT_OUT ? SCOLS + CH : 1];
-    const int T = pos[0];
     u32 nbar = 0;
     // Dynamic shared memory: in_proj words, out_proj words, the first SSM item's state tile (TMA targets).
     extern __shared__ __align__(16) uint4 wbuf[];
@@ -1166,14 +1177,19 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     // layer l + 2's input from buffer l + 1 before it, and read buffer l before that), for layer l + 3, whose
     // additions follow the barrier that ends layer l + 2.
     // LL_ZX: layer l's epoch, (gen NL + l + 1) mod 2**16 (0 is the zeroed words' before the first launch).
-    const u32 gen = LL_ZX ? ld_ll(genp) : 0u;
-    auto epoch_of = [&](int l) { return (u32)(gen * NL + l + 1) & 0xffffu; };
-    void* zx_out = LL_ZX ? static_cast<void*>(zxl) : static_cast<void*>(zx);
     float4 res[NormW<PA>::PER];                      // the thread's elements of the residual, across layers
     LayerP L = layers[0];
     // The first in_proj's words before the embedding: they do not depend on the token, and the embedding's chain
-    // of loads (pos, then ids[pos], then its row) has them to land in.
+    // of loads (pos, then ids[pos], then its row) has them to land in. With PDL they are read while the kernel
+    // before finishes (weights: nobody writes them).
     if (PREFETCH_FIRST) prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
+    pdl_wait();
+    const int T = pos[0];
+    const u32 gen = LL_ZX ? ld_ll(genp) : 0u;
+    auto epoch_of = [&](int l) { return (u32)(gen * NL + l + 1) & 0xffffu; };
+    // SELF_RESET: the counter keeps counting over launches (NL arrivals a CTA each): launch gen's base.
+    const u32 base = SELF_RESET ? gen * (u32)(NL * GRID) : 0u;
+    void* zx_out = LL_ZX ? static_cast<void*>(zxl) : static_cast<void*>(zx);
 #if EMB
     emb_row<PA>(ids, emb, emb_scale, T, res);        // the residual starts as the embedding of ids[pos]
 #else
@@ -1182,24 +1198,24 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     float res_own = 0.f;                             // (project's out_proj register: unused here)
     if (!PREFETCH_FIRST) prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
+    // Zero buffer zb's slice of this CTA (see ``sums`` above).
+    auto zero_buf = [&](int zb) {
+        float* z = sums + zb * SB;
+        const int i0 = (SB / 4) * cta / GRID, i1 = (SB / 4) * (cta + 1) / GRID;
+        for (int i = i0 + threadIdx.x; i < i1; i += NT)
+            reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+        if (cta == 0 && threadIdx.x < NG) sums[NBUF * SB + zb * NG + threadIdx.x] = 0.f;
+    };
     for (int l = 0; l < NL; ++l) {
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
         const u32 parity = l & 1;
         const int b = l % NBUF, bp = (l + NBUF - 1) % NBUF;     // this layer's sums, the previous layer's
         float* sums_l = sums + b * SB + (cta % SUMS_PARTS) * NG * DM;
         float* ss_l = sums + NBUF * SB + b * NG;
-        // Zero buffer zb's slice of this CTA (see ``sums`` above).
-        auto zero_sums = [&](int zb) {
-            float* z = sums + zb * SB;
-            const int i0 = (SB / 4) * cta / GRID, i1 = (SB / 4) * (cta + 1) / GRID;
-            for (int i = i0 + threadIdx.x; i < i1; i += NT)
-                reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (cta == 0 && threadIdx.x < NG) sums[NBUF * SB + zb * NG + threadIdx.x] = 0.f;
-        };
         // ---- A: in_proj, after the previous layer's out_proj
         if (!LATE_LOADS || l == 0) prefetch_norm<PA>(L.norm_w, na);
         stamp(trace, l, 0);
-        if (l > 0) wait(bar, nbar * GRID);
+        if (l > 0) wait(bar, base + nbar * GRID);
         stamp(trace, l, 1);
         auto issue_bc = [&] {
             if (has_item) {
@@ -1218,7 +1234,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             arrive(bar);
             ++nbar;
         } else if (l > 0) {
-            zero_sums((l + 1) % NBUF);
+            zero_buf((l + 1) % NBUF);
         }
         stamp(trace, l, 3);
         if (LATE_LOADS && l + 1 < NL) {
@@ -1226,9 +1242,9 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             prefetch_norm<PA>(Ln.norm_w, na);
         }
         // ---- B: conv + SSM step + gate, and out_proj by item
-        if (!LL_ZX) wait(bar, nbar * GRID);
+        if (!LL_ZX) wait(bar, base + nbar * GRID);
         stamp(trace, l, 5);
-        if (!LL_ZX && l > 0) zero_sums(bp);           // the sums of layer l - 1 are read by now: zero them for l + 1
+        if (!LL_ZX && l > 0) zero_buf(bp);           // the sums of layer l - 1 are read by now: zero them for l + 1
         // The next in_proj's words (A's buffer is free), by default now, before the SSM step: issued after it they
         // were still landing when the barrier that ends the layer was released, which waited for them (9.83
         // against 9.40 us a layer at 1.3B; issued after that barrier's arrival, in_proj waited for them instead).
@@ -1276,10 +1292,19 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         L = Ln;
     }
     // The last layer's out_proj into the residual, written back by CTA 0 for the head.
-    wait(bar, nbar * GRID);
+    wait(bar, base + nbar * GRID);
+    // SELF_RESET: the buffers still holding sums are zeroed for the next launch: layer NL - 2's (every CTA read it
+    // before the barrier above) by slices, layer NL - 1's by CTA 0 once it has read it (nobody else does).
+    if (SELF_RESET && NL >= 2) zero_buf((NL - 2) % NBUF);
     if (cta == 0) {
         const int pl = (NL - 1) % NBUF;
         add_out(res, sums + pl * SB, sums + NBUF * SB + pl * NG, eps);
+        if (SELF_RESET) {
+            __syncthreads();                                     // every thread has read the buffer
+            for (int i = threadIdx.x; i < SB / 4; i += NT)
+                reinterpret_cast<float4*>(sums + pl * SB)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (threadIdx.x < NG) sums[NBUF * SB + pl * NG + threadIdx.x] = 0.f;
+        }
         if (LL_ZX && threadIdx.x == 0) st_ll(genp, gen + 1);   // every CTA has read ``gen`` before the barrier
 #pragma unroll
         for (int i = 0; i < NormW<PA>::PER; ++i) {
@@ -1296,6 +1321,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
 #endif
     }
 #else
+    pdl_wait();
+    const int T = pos[0];
     u16 sc[PC::MAXR][PC::NPART];
     NormW<PC> nc;
     // The last SSM item of this CTA (its state is stored during out_proj), or -1.

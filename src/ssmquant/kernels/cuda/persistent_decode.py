@@ -298,7 +298,13 @@ class PersistentDecodeStep:
     ``embed``) and out, zx (1, d_in_proj) and h (1, d_inner) fp32 as scratch, per-layer rings and states updated in
     place, ``pos`` the token counter; ``grid`` CTAs (default one per SM). With ``split_out``, ``embed = (ids, emb,
     emb_scale)`` has the step read the embedding of ids[0, pos] itself and ``final_norm = (norm_f, xn)`` write the
-    head's normed input. Build with :func:`persistent_error` returning None."""
+    head's normed input. Build with :func:`persistent_error` returning None.
+
+    With out_proj split (and its LL words), a launch leaves its barrier counter and partial-sum buffers ready for
+    the next one (``self_reset``: the counter counts on over launches, the last sums are zeroed at the end), so no
+    memset runs between steps. ``pdl`` (default: where programmatic dependent launch is on, ``kernels/pdl.py``):
+    the kernel is launched with the PDL attribute and copies its first in_proj's words before
+    ``griddepcontrol.wait``, while the kernel before it (the previous step's head) finishes."""
 
     FIELDS = ("in_words", "in_scale", "norm_w", "conv_w", "conv_b", "dt_bias", "A", "D", "gnorm_w", "out_words",
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")
@@ -306,7 +312,8 @@ class PersistentDecodeStep:
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  pair: bool = False, sums_parts: int = 2, grid: int | None = None,
                  extra_options: tuple[str, ...] = (), embed: tuple | None = None,
-                 final_norm: tuple | None = None):
+                 final_norm: tuple | None = None, pdl: bool | None = None):
+        from ..pdl import pdl_mode
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -315,6 +322,8 @@ class PersistentDecodeStep:
         ch, tpc = model_ssm_item(cfg, self.grid)
         win, wout = layers[0].in_w, layers[0].out_w
         self.split_out, self.pair = split_out, split_out and pair
+        self.self_reset = split_out and not {"-DLL_ZX=0", "-DSELF_RESET=0"} & set(extra_options)
+        self.pdl = bool(pdl_mode()) if pdl is None else bool(pdl)
         cap = torch.cuda.get_device_capability(dev)
         if split_out and (err := split_error(cfg, wout, self.grid, self.pair, cap)) is not None:
             raise ValueError(f"persistent step, split out_proj: {err}")
@@ -356,6 +365,7 @@ class PersistentDecodeStep:
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
             f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
+            *([f"-DSELF_RESET={int(self.self_reset)}"] if "-DSELF_RESET=0" not in extra_options else []),
             *extra_options]
         self.threads = 32 * nw
         rows = []
@@ -395,14 +405,16 @@ class PersistentDecodeStep:
     def __call__(self, trace: torch.Tensor | None = None) -> None:
         """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps (48 slots a layer
         with -DFINE_TRACE=1; benchmarks/persistent_phases.py --trace), or None."""
-        self.sync.zero_()
+        if not self.self_reset:
+            self.sync.zero_()
         p = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731  (None: a null pointer)
         ids, emb, emb_scale = self.embed if self.embed is not None else (None, None, None)
         norm_f, xn = self.final_norm if self.final_norm is not None else (None, None)
         args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
                 ctypes.c_float(self.eps), p(trace), p(self.zxl), p(self.gen), p(ids), p(emb), p(emb_scale), p(norm_f),
                 p(xn)]
-        self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
+        self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem,
+                           pdl=self.pdl)
 
 
 __all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
