@@ -116,6 +116,16 @@ def trace_segments(step, n_layer: int, fine: bool = False) -> dict:
         skew = (arr.max(0).values - arr.min(0).values).median().item()
         lat = (rel.median(0).values - arr.max(0).values).median().item()
         out[name] = {"median": lat, "max_cta": skew}
+    # Who holds the layer's barrier: the last arrival against the median one, and the CTAs that arrive last most
+    # often (with how often and their median lateness against the median arrival).
+    arr = g[:, :, 9]
+    late = arr - arr.median(0).values                                   # (CTAs, layers) us
+    out["last_minus_median_arrival"] = {"median": late.max(0).values.median().item(),
+                                        "max_cta": late.max(0).values.max().item()}
+    last = arr.argmax(0)
+    counts = torch.bincount(last, minlength=arr.shape[0])
+    out["last_arrivers"] = [{"cta": int(c), "layers": int(counts[c]), "late_us": late[c].median().item()}
+                            for c in counts.argsort(descending=True)[:6] if counts[c] > 0]
     return out
 
 
@@ -183,6 +193,9 @@ def main() -> None:
         fine = "-DFINE_TRACE=1" in variants.get(a.trace_variant, VARIANTS.get(a.trace_variant, ()))
         result["trace_us"] = trace_segments(step, cfg.n_layer, fine)
         for k, v in result["trace_us"].items():
+            if k == "last_arrivers":
+                print(f"  {k:22s} {v}", flush=True)
+                continue
             what = ("latency", "arrival skew") if k.startswith("barrier") else ("median", "slowest CTA")
             print(f"  {k:22s} {what[0]} {v['median']:6.2f} us   {what[1]} {v['max_cta']:6.2f} us", flush=True)
     if a.out:

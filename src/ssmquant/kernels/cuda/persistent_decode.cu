@@ -268,14 +268,6 @@ __device__ __forceinline__ void wait(u32* bar, u32 target) {
     __syncthreads();
 }
 
-// Programmatic dependent launch: nothing the kernel before writes (pos, ids, the residual, the states, ...) is read,
-// and nothing is written, before this (a no-op without the launch attribute).
-__device__ __forceinline__ void pdl_wait() {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-
 // ---------------------------------------------------------------- asynchronous copies to shared memory
 __device__ __forceinline__ u32 smem_u32(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void cp_async16(uint4* dst, const uint4* src, bool ok) {   // zero-filled if !ok
@@ -1180,10 +1172,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     float4 res[NormW<PA>::PER];                      // the thread's elements of the residual, across layers
     LayerP L = layers[0];
     // The first in_proj's words before the embedding: they do not depend on the token, and the embedding's chain
-    // of loads (pos, then ids[pos], then its row) has them to land in. With PDL they are read while the kernel
-    // before finishes (weights: nobody writes them).
+    // of loads (pos, then ids[pos], then its row) has them to land in.
     if (PREFETCH_FIRST) prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
-    pdl_wait();
     const int T = pos[0];
     const u32 gen = LL_ZX ? ld_ll(genp) : 0u;
     auto epoch_of = [&](int l) { return (u32)(gen * NL + l + 1) & 0xffffu; };
@@ -1321,7 +1311,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
 #endif
     }
 #else
-    pdl_wait();
     const int T = pos[0];
     u16 sc[PC::MAXR][PC::NPART];
     NormW<PC> nc;

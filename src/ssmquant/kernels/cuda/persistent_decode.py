@@ -302,9 +302,8 @@ class PersistentDecodeStep:
 
     With out_proj split (and its LL words), a launch leaves its barrier counter and partial-sum buffers ready for
     the next one (``self_reset``: the counter counts on over launches, the last sums are zeroed at the end), so no
-    memset runs between steps. ``pdl`` (default: where programmatic dependent launch is on, ``kernels/pdl.py``):
-    the kernel is launched with the PDL attribute and copies its first in_proj's words before
-    ``griddepcontrol.wait``, while the kernel before it (the previous step's head) finishes."""
+    memset runs between steps (1.3B: 411.2 against 416.7 us a token with the int8 head, benchmarks/RESULTS.md run
+    69)."""
 
     FIELDS = ("in_words", "in_scale", "norm_w", "conv_w", "conv_b", "dt_bias", "A", "D", "gnorm_w", "out_words",
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")
@@ -312,8 +311,7 @@ class PersistentDecodeStep:
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  pair: bool = False, sums_parts: int = 2, grid: int | None = None,
                  extra_options: tuple[str, ...] = (), embed: tuple | None = None,
-                 final_norm: tuple | None = None, pdl: bool | None = None):
-        from ..pdl import pdl_mode
+                 final_norm: tuple | None = None):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -323,7 +321,6 @@ class PersistentDecodeStep:
         win, wout = layers[0].in_w, layers[0].out_w
         self.split_out, self.pair = split_out, split_out and pair
         self.self_reset = split_out and not {"-DLL_ZX=0", "-DSELF_RESET=0"} & set(extra_options)
-        self.pdl = bool(pdl_mode()) if pdl is None else bool(pdl)
         cap = torch.cuda.get_device_capability(dev)
         if split_out and (err := split_error(cfg, wout, self.grid, self.pair, cap)) is not None:
             raise ValueError(f"persistent step, split out_proj: {err}")
@@ -413,8 +410,7 @@ class PersistentDecodeStep:
         args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
                 ctypes.c_float(self.eps), p(trace), p(self.zxl), p(self.gen), p(ids), p(emb), p(emb_scale), p(norm_f),
                 p(xn)]
-        self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem,
-                           pdl=self.pdl)
+        self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
 __all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
