@@ -302,8 +302,8 @@ class PersistentDecodeStep:
 
     With out_proj split (and its LL words), a launch leaves its barrier counter and partial-sum buffers ready for
     the next one (``self_reset``: the counter counts on over launches, the last sums are zeroed at the end), so no
-    memset runs between steps (1.3B: 411.2 against 416.7 us a token with the int8 head, benchmarks/RESULTS.md run
-    69)."""
+    memset runs between steps (1.3B: 0.4 to 5.5 us a token faster depending on the machine,
+    ``benchmarks/step_reset_ab.py``, benchmarks/RESULTS.md runs 69-74)."""
 
     FIELDS = ("in_words", "in_scale", "norm_w", "conv_w", "conv_b", "dt_bias", "A", "D", "gnorm_w", "out_words",
               "out_scale", "ring", "state", "out_split_words", "out_split_scale")
