@@ -7,9 +7,9 @@ Builds ``FastDecoder`` for a random ternary model of the preset's shape (the per
 and times graphs of growing prefixes of one step: the embedding (empty where the persistent step reads it
 itself); + the layers; + the head (final norm and logits); + sampling (greedy argmax); + appending the token (the
 whole step; empty where the argmax appends it). With the fused head + argmax (``cuda/head_argmax.py``, taken by
-"auto" where it can run) "head" is that kernel, which also samples and appends: "sample" and "append" are empty. Each graph holds ``--launches`` copies of its prefix; median us
-per copy over ``--reps`` replays. The difference between consecutive prefixes is what that group adds to a step
-(launch gaps included).
+"auto" where it can run) "head" is that kernel, which also samples and appends: "sample" and "append" are empty.
+Each graph holds ``--launches`` copies of its prefix; median us per copy over ``--reps`` replays. The difference
+between consecutive prefixes is what that group adds to a step (launch gaps included).
 """
 
 from __future__ import annotations

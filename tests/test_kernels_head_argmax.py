@@ -213,8 +213,8 @@ def test_fast_decoder_head_argmax_option_on_cpu():
 @pytest.mark.parametrize("head", ["fp16", "int8"])
 def test_fast_decoder_with_the_fused_head_gpu(head):
     """1.3B-wide, 2 layers, persistent step with out_proj by pairs: the fused head + argmax against the head GEMV +
-    argmax launches: teacher-forced logits as close as two runs of the split step, the same greedy tokens, eager and graphed;
-    sampled decoding (the head's logits, then the sampler) still gives tokens of the vocabulary."""
+    argmax launches: teacher-forced logits as close as two runs of the split step, the same greedy tokens, eager
+    and graphed; sampled decoding (the head's logits, then the sampler) still gives tokens of the vocabulary."""
     from kernels_util import rel_err
 
     from ssmquant.bench.models import random_model

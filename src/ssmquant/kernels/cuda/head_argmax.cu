@@ -2,8 +2,9 @@
 // Licence: Apache-2.0 (ssmquant). Compiled at run time by NVRTC (head_argmax.py sets the -D constants below and
 // has the design notes).
 //
-// Each warp streams groups of R rows, the grid's warps taking consecutive groups in turn; a lane reads 16-byte segments lane, lane + 32, ... of a row, so a warp's loads of a row are contiguous. The
-// lane's inputs for those segments stay in registers for the whole kernel, pre-scaled for the decode below.
+// Each warp streams groups of R rows, the grid's warps taking consecutive groups in turn; a lane reads 16-byte
+// segments lane, lane + 32, ... of a row, so a warp's loads of a row are contiguous. The lane's inputs for those
+// segments stay in registers for the whole kernel, pre-scaled for the decode below.
 //
 // int8 rows decode without int -> float conversions (those run at a quarter of the FFMA rate): for t = w ^ 0x80808080
 // (byte j of t is u_j = q_j + 128 in 0..255), t & (0xFF << 8j) read as fp32 is exactly u_j * 2**(8j-149) for

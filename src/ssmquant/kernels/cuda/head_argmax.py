@@ -43,7 +43,8 @@ def int8_decode_ref(words: np.ndarray) -> np.ndarray:
     fp32 that the kernel's bit pattern reads as, times the input's pre-scale (``2**(85 - 8 min(j, 2))``) and
     ``2**64``: the code plus 128, exactly, when the decode is right."""
     t = (words.astype(np.uint32) ^ np.uint32(0x80808080)).astype(np.uint32)
-    pats = [t & np.uint32(0xFF), t & np.uint32(0xFF00), t & np.uint32(0xFF0000), (t >> np.uint32(8)) & np.uint32(0xFF0000)]
+    pats = [t & np.uint32(0xFF), t & np.uint32(0xFF00), t & np.uint32(0xFF0000),
+            (t >> np.uint32(8)) & np.uint32(0xFF0000)]
     out = []
     for j, p in enumerate(pats):
         f = p.astype(np.uint32).view(np.float32).astype(np.float64)

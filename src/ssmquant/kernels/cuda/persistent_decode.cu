@@ -1161,13 +1161,13 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     const bool has_item = (int)blockIdx.x < NITEMS;
     const int cta = blockIdx.x;
 #if SPLIT_OUT
-    // ``sums``: out_proj's partial sums, (NBUF, NG, DM), then the gated norm's sums of squares (NBUF, NG); zero at
-    // the launch (with the counter). Layer l adds into buffer l % NBUF; every CTA reads it after the barrier that
-    // ends layer l. NBUF = 2: after the next layer's in_proj barrier nobody reads it, and its slices are zeroed
-    // there for layer l + 2 (ordered before that layer's additions by the barriers between). LL_ZX (no such
-    // barrier), NBUF = 3: zeroed during layer l + 2, after the barrier that ends layer l + 1 (every CTA has staged
-    // layer l + 2's input from buffer l + 1 before it, and read buffer l before that), for layer l + 3, whose
-    // additions follow the barrier that ends layer l + 2.
+    // ``sums``: out_proj's partial sums, (NBUF, NG, DM), then the gated norm's sums of squares (NBUF, NG); zero at the
+    // launch (zeroed with the counter before it, or under SELF_RESET at the end of the launch before). Layer l adds
+    // into buffer l % NBUF; every CTA reads it after the barrier that ends layer l. NBUF = 2: after the next layer's
+    // in_proj barrier nobody reads it, and its slices are zeroed there for layer l + 2 (ordered before that layer's
+    // additions by the barriers between). LL_ZX (no such barrier), NBUF = 3: zeroed during layer l + 2, after the
+    // barrier that ends layer l + 1 (every CTA has staged layer l + 2's input from buffer l + 1 before it, and read
+    // buffer l before that), for layer l + 3, whose additions follow the barrier that ends layer l + 2.
     // LL_ZX: layer l's epoch, (gen NL + l + 1) mod 2**16 (0 is the zeroed words' before the first launch).
     float4 res[NormW<PA>::PER];                      // the thread's elements of the residual, across layers
     LayerP L = layers[0];
