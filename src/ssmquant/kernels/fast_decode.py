@@ -47,7 +47,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from .cuda.head_argmax import HeadArgmax, head_argmax_error, head_argmax_supported
+from .cuda.head_argmax import HeadArgmax, head_argmax_error
+from .cuda.nvrtc import nvrtc_supported
 from .cuda.persistent_decode import (
     SUMS_PARTS_MAX,
     PersistentDecodeStep,
@@ -344,7 +345,7 @@ class FastDecoder:
             return f"batch 1 only (decoder built for {self.batch_size})"
         if self.xn is None:
             return "it needs the persistent step's normed head input (batch 1, 2-bit ternary, out_proj split)"
-        if self.device.type != "cuda" or not head_argmax_supported():
+        if self.device.type != "cuda" or not nvrtc_supported():
             return "it needs NVRTC and a CUDA GPU of compute capability >= 8.0"
         return head_argmax_error(self.xn[0], self.head_w, self.head_scale)
 

@@ -5,8 +5,9 @@ appends it to the sequence (``ids[pos + 1] = token; pos += 1``).
 Why. After the persistent decode step (``persistent_decode.py``), a 1.3B step on an H100 spent 39.2 us in the
 int8 head's Triton GEMV (2.6 TB/s: its int -> float conversions run at a quarter of the FFMA rate) and 4.6 us in
 the argmax's own launch (``triton/argmax.py``; benchmarks/RESULTS.md, run 50). Here the int8 rows decode by bit
-patterns read as floats (``head_argmax.cu``: 5 integer instructions and 4 FFMA per 4 weights, exact), each warp
-streams a contiguous run of rows with the next rows' loads in flight, and each CTA folds its best (value, index)
+patterns read as floats (``head_argmax.cu``: 5 integer instructions and 4 FFMA per 4 weights, exact), the warps
+take groups of rows in turn (the grid sweeps the matrix) with the next group's loads in flight, and each CTA folds
+its best (value, index)
 into one key by one atomic: the argmax costs the last CTA's few instructions instead of a launch. The first rows
 are loaded before ``griddepcontrol.wait`` (programmatic dependent launch, ``kernels/pdl.py``'s rules), so they
 overlap the end of the kernel before.
@@ -174,12 +175,4 @@ class HeadArgmax:
         return tok
 
 
-def head_argmax_supported() -> bool:
-    """Where :class:`HeadArgmax` can run: NVRTC and a CUDA device of compute capability >= 8.0
-    (before sm_90 without programmatic dependent launch)."""
-    from .nvrtc import nvrtc_supported
-
-    return nvrtc_supported()
-
-
-__all__ = ["HeadArgmax", "head_argmax_error", "head_argmax_ref", "head_argmax_supported", "int8_decode_ref"]
+__all__ = ["HeadArgmax", "head_argmax_error", "head_argmax_ref", "int8_decode_ref"]

@@ -1188,10 +1188,11 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     float res_own = 0.f;                             // (project's out_proj register: unused here)
     if (!PREFETCH_FIRST) prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
-    // Zero buffer zb's slice of this CTA (see ``sums`` above).
-    auto zero_buf = [&](int zb) {
+    // Zero buffer zb (see ``sums`` above): this CTA's slice of it, or all of it (``whole``); its sums of squares by
+    // CTA 0.
+    auto zero_buf = [&](int zb, bool whole = false) {
         float* z = sums + zb * SB;
-        const int i0 = (SB / 4) * cta / GRID, i1 = (SB / 4) * (cta + 1) / GRID;
+        const int i0 = whole ? 0 : (SB / 4) * cta / GRID, i1 = whole ? SB / 4 : (SB / 4) * (cta + 1) / GRID;
         for (int i = i0 + threadIdx.x; i < i1; i += NT)
             reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
         if (cta == 0 && threadIdx.x < NG) sums[NBUF * SB + zb * NG + threadIdx.x] = 0.f;
@@ -1291,9 +1292,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         add_out(res, sums + pl * SB, sums + NBUF * SB + pl * NG, eps);
         if (SELF_RESET) {
             __syncthreads();                                     // every thread has read the buffer
-            for (int i = threadIdx.x; i < SB / 4; i += NT)
-                reinterpret_cast<float4*>(sums + pl * SB)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-            if (threadIdx.x < NG) sums[NBUF * SB + pl * NG + threadIdx.x] = 0.f;
+            zero_buf(pl, true);
         }
         if (LL_ZX && threadIdx.x == 0) st_ll(genp, gen + 1);   // every CTA has read ``gen`` before the barrier
 #pragma unroll

@@ -362,8 +362,7 @@ class PersistentDecodeStep:
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
             f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
-            *([f"-DSELF_RESET={int(self.self_reset)}"] if "-DSELF_RESET=0" not in extra_options else []),
-            *extra_options]
+            f"-DSELF_RESET={int(self.self_reset)}", *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
