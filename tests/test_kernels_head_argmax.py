@@ -230,9 +230,8 @@ def test_fast_decoder_with_the_fused_head_gpu(head):
     g = torch.Generator().manual_seed(5)
     prompt = torch.randint(0, 50000, (1, 5), generator=g).cuda()
     forced = torch.randint(0, 50000, (1, 6), generator=g).cuda()
-    cfg = {"persistent": True, "out_split": "pair", "head_in_step": False}     # (the head in its own launch)
-    fused = FastDecoder(m, 1, 24, gemv_configs={**cfg, "head_argmax": True})
-    plain = FastDecoder(m, 1, 24, gemv_configs={**cfg, "head_argmax": False})
+    fused = FastDecoder(m, 1, 24, gemv_configs={"persistent": True, "out_split": "pair", "head_argmax": True})
+    plain = FastDecoder(m, 1, 24, gemv_configs={"persistent": True, "out_split": "pair", "head_argmax": False})
     assert fused.head_argmax is not None and plain.head_argmax is None
     a = fused.teacher_forced_logits(prompt, forced)
     b = plain.teacher_forced_logits(prompt, forced)
