@@ -243,74 +243,6 @@ def test_fast_decoder_with_the_fused_head_gpu(head):
     assert bool(((sampled >= 0) & (sampled < m.config.vocab_size)).all())
 
 
-def test_fast_decoder_head_in_step_option_on_cpu():
-    """"auto" leaves the head in the step out where the step does not run; True says why; True with
-    head_argmax=False is a contradiction; other values fail."""
-    from conftest import tiny_model
-    from kernels_util import DEVICE
-
-    from ssmquant.bench.models import to_ternary_
-    from ssmquant.kernels.fast_decode import FastDecoder
-
-    if DEVICE == "cuda":
-        pytest.skip("CPU behaviour")
-    m = to_ternary_(tiny_model(seed=1, d_model=64, n_layer=1, d_state=32, headdim=32), 64)
-    assert not FastDecoder(m, 1, 4)._head_in_step
-    with pytest.raises(ValueError, match="head in the persistent step: it needs the persistent step"):
-        FastDecoder(m, 1, 4, gemv_configs={"head_in_step": True})
-    with pytest.raises(ValueError, match="head_in_step=True .* head_argmax=False"):
-        FastDecoder(m, 1, 4, gemv_configs={"head_in_step": True, "head_argmax": False})
-    with pytest.raises(ValueError, match="head_in_step"):
-        FastDecoder(m, 1, 4, gemv_configs={"head_in_step": "yes"})
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("head", ["fp16", "int8"])
-def test_fast_decoder_with_the_head_in_the_step_gpu(head):
-    """1.3B-wide, 2 layers: the head + argmax inside the persistent step's launch against the same in a launch of
-    its own. After a step its logits are the head of the step's normed input (``xn``) and its token their argmax;
-    teacher-forced logits as close as two runs of the split step; the same greedy tokens, eager and graphed (its
-    key, counter and the step's sums reset themselves: a wrong reset would change later tokens); tokens within a
-    smaller vocabulary; sampled decoding (the step's logits, then the sampler) gives tokens of the vocabulary."""
-    from kernels_util import rel_err
-
-    from ssmquant.bench.models import random_model
-    from ssmquant.kernels.cuda.nvrtc import nvrtc_supported
-    from ssmquant.kernels.fast_decode import FastDecoder
-    from ssmquant.quant.int8 import quantize_int8_
-
-    if not nvrtc_supported():
-        pytest.skip("needs NVRTC")
-    m = random_model("1.3b", weights="ternary", n_layer=2)
-    if head == "int8":
-        quantize_int8_(m, embedding=True, head=True)
-    g = torch.Generator().manual_seed(6)
-    prompt = torch.randint(0, 50000, (1, 5), generator=g).cuda()
-    forced = torch.randint(0, 50000, (1, 6), generator=g).cuda()
-    cfg = {"persistent": True, "out_split": "pair"}
-    step = FastDecoder(m, 1, 24, gemv_configs={**cfg, "head_in_step": True})
-    apart = FastDecoder(m, 1, 24, gemv_configs={**cfg, "head_in_step": False})
-    assert step._head_in_step and step.head_argmax is None
-    assert not apart._head_in_step and apart.head_argmax is not None
-    step.start(prompt)
-    step.step()
-    torch.cuda.synchronize()
-    logits, tok = head_argmax_ref(step.xn[0], step.head_w, step.head_scale, vocab=m.config.vocab_size)
-    assert rel_err(step.logits[0], logits) < 1e-5, rel_err(step.logits[0], logits)
-    assert int(step.ids[0, 1]) == tok == int(step.tok[0]) and int(step.pos) == 1
-    assert int(step.persistent.head_count) == 0 and int(step.persistent.head_key) == -(2**63)
-    a = step.teacher_forced_logits(prompt, forced)
-    b = apart.teacher_forced_logits(prompt, forced)
-    assert rel_err(a, b) < 2e-3, rel_err(a, b)     # (the split step's atomics add in a varying order)
-    toks = apart.generate(prompt, 20)
-    assert torch.equal(step.generate(prompt, 20, use_graph=False), toks)
-    assert torch.equal(step.generate(prompt, 20, use_graph=True), toks)
-    small = step.generate(prompt, 20, vocab_size=1000)[:, prompt.shape[1]:]
-    assert bool((small < 1000).all())
-    sampled = step.generate(prompt, 20, temperature=0.8, top_k=50)[:, prompt.shape[1]:]
-    assert bool(((sampled >= 0) & (sampled < m.config.vocab_size)).all())
-
-
 def test_bench_decode_head_argmax_option():
     """``ssmquant bench decode --head-argmax``'s values; others fail when the config is made, not on the GPU."""
     from ssmquant.bench.gpu import DecodeBenchConfig
@@ -319,7 +251,3 @@ def test_bench_decode_head_argmax_option():
         assert DecodeBenchConfig(head_argmax=v).head_argmax == v
     with pytest.raises(ValueError, match="head_argmax"):
         DecodeBenchConfig(head_argmax="yes")
-    for v in ("auto", "on", "off"):
-        assert DecodeBenchConfig(head_in_step=v).head_in_step == v
-    with pytest.raises(ValueError, match="head_in_step"):
-        DecodeBenchConfig(head_in_step="yes")

@@ -72,7 +72,6 @@ class DecodeBenchConfig:
     persistent: str = "auto"          # batch 1, every layer in one kernel (cuda/persistent_decode.py): auto | on | off
     out_split: str = "auto"           # the persistent kernel's out_proj split by SSM item: auto | on | pair | off
     head_argmax: str = "auto"         # batch 1: head GEMV + greedy argmax in one kernel (cuda/head_argmax.py)
-    head_in_step: str = "auto"        # batch 1: that head + argmax inside the persistent step's launch
 
     def __post_init__(self):
         if self.weights not in ("ternary", "dfssm", "fp16"):
@@ -87,8 +86,6 @@ class DecodeBenchConfig:
             raise ValueError(f"out_split={self.out_split!r}: use one of {', '.join(_SPLIT)}")
         if self.head_argmax not in _PERSISTENT:
             raise ValueError(f"head_argmax={self.head_argmax!r}: use one of {', '.join(_PERSISTENT)}")
-        if self.head_in_step not in _PERSISTENT:
-            raise ValueError(f"head_in_step={self.head_in_step!r}: use one of {', '.join(_PERSISTENT)}")
         if self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype={self.state_dtype!r}: use one of {', '.join(STATE_DTYPES)}")
 
@@ -144,14 +141,12 @@ def check_decoder(model, dec, prompt, n: int) -> dict:
 
 def _kernels(dec) -> dict:
     """Which kernel each projection of layer 0 runs: "persistent" (every layer in one kernel,
-    cuda/persistent_decode.py), "tensor_core" (cuda/ternary_mma.py) or "triton"; and the head: "in_step" (with
-    greedy sampling, in the persistent step's launch), "head_argmax" (with greedy sampling, cuda/head_argmax.py) or
-    "gemv"."""
+    cuda/persistent_decode.py), "tensor_core" (cuda/ternary_mma.py) or "triton"; and the head: "head_argmax" (with
+    greedy sampling, cuda/head_argmax.py) or "gemv"."""
     from ..kernels.layout_mma import MmaTernaryWeight
 
     L = dec.layers[0]
-    head = {"head": "in_step" if dec.persistent is not None and dec.persistent.head is not None
-            else "head_argmax" if dec.head_argmax is not None else "gemv"}
+    head = {"head": "head_argmax" if dec.head_argmax is not None else "gemv"}
     if dec.persistent is not None:
         p = dec.persistent
         return {"in_proj": "persistent", "out_proj": "persistent", "out_split": "pair" if p.pair else p.split_out,
@@ -177,7 +172,6 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
     result["pdl_mode"] = {k: resolve_pdl(pdl, k) for k in DEFAULTS}
     gemv_configs = {"pdl": pdl, "scaffold_bits": cfg.scaffold_bits, "persistent": _PERSISTENT[cfg.persistent],
                     "out_split": _SPLIT[cfg.out_split], "head_argmax": _PERSISTENT[cfg.head_argmax],
-                    "head_in_step": _PERSISTENT[cfg.head_in_step],
                     **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
 
@@ -211,14 +205,9 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
         mma = {"auto": "auto", "on": True, "off": False}[cfg.mma]
         rows[main_key] = timed(mma=mma)
         used = rows[main_key]["kernels"].values()
-        if "in_step" in used:
-            # The same decoder with the head + argmax in a launch of its own after the step, for the gain of
-            # running it in the step's launch.
-            rows[main_key.replace("_fast", "_head_in_step_off_fast")] = timed(mma=mma, head_in_step=False)
-        if "head_argmax" in used or "in_step" in used:
+        if "head_argmax" in used:
             # The same decoder with the head's GEMV and the argmax as two launches, for the fused kernel's gain.
-            rows[main_key.replace("_fast", "_head_argmax_off_fast")] = timed(mma=mma, head_argmax=False,
-                                                                             head_in_step=False)
+            rows[main_key.replace("_fast", "_head_argmax_off_fast")] = timed(mma=mma, head_argmax=False)
         if "persistent" in used:
             # The persistent kernel with out_proj split the other way (by rows, or by SSM items where it can).
             split = rows[main_key]["kernels"]["out_split"]

@@ -62,11 +62,6 @@ def register(sub) -> None:
                         "sampling's argmax in one kernel (kernels/cuda/head_argmax.py): auto (default: where it can "
                         "run), on (error where it cannot) or off (head GEMV, then the argmax's own launch). With it "
                         "the run also times it off")
-    d.add_argument("--head-in-step", choices=["auto", "on", "off"], default="auto",
-                   help="batch 1: that head GEMV and argmax inside the persistent kernel's launch, after its last "
-                        "layer (kernels/cuda/persistent_decode.py, HEAD): auto (default: where it can run and "
-                        "--head-argmax is not off), on (error where it cannot) or off (a launch of its own). With "
-                        "it the run also times it off")
     d.add_argument("--batch", type=int, default=1, help="sequences decoded together (default 1)")
     d.add_argument("--prompt-len", type=int, default=16, help="prompt tokens (default 16)")
     d.add_argument("--new-tokens", type=int, default=256, help="generated tokens (default 256)")
@@ -134,7 +129,7 @@ def _run_decode(a) -> None:
                             new_tokens=a.new_tokens, group_size=a.group_size, baseline=not a.no_baseline,
                             rank=a.rank, head=a.head, scaffold_bits=a.scaffold_bits, mma=a.mma, pdl=a.pdl,
                             state_dtype=a.state_dtype, persistent=a.persistent, out_split=a.out_split,
-                            head_argmax=a.head_argmax, head_in_step=a.head_in_step,
+                            head_argmax=a.head_argmax,
                             **({"reps": a.reps} if a.reps else {}))
     _emit(bench_decode(cfg), a.output)
 

@@ -142,10 +142,7 @@ class FastDecoder:
     persistent kernel, at most one per SM; default None: one per SM. Fewer give each CTA more rows and SSM items:
     for tests and measurements, never faster), "head_argmax" (batch 1 after a persistent step that writes the
     head's normed input: the head GEMV and greedy sampling's argmax in one kernel, ``cuda/head_argmax.py``; "auto"
-    (default) where it can run, True (error where it cannot) or False; it also serves sampled decoding's logits),
-    "head_in_step" (the same head and argmax inside the persistent step's launch, after its last layer, where the
-    step reads the embedding and writes the head's input: "auto" (default) where it can run and "head_argmax" is
-    not False, True (error where it cannot) or False).
+    (default) where it can run, True (error where it cannot) or False; it also serves sampled decoding's logits).
 
     ``state_dtype``: the SSM states' storage, fp32 (default, as the model's own cache) or fp16 / bf16 (updated in
     fp32, stored rounded, as mamba-ssm keeps them in the model dtype): half the bytes of the per-token state
@@ -184,14 +181,6 @@ class FastDecoder:
         head_argmax = self.gemv_configs.pop("head_argmax", "auto")
         if head_argmax not in (False, True, "auto"):
             raise ValueError(f"gemv_configs['head_argmax']={head_argmax!r}: use False, True or 'auto'")
-        head_in_step = self.gemv_configs.pop("head_in_step", "auto")
-        if head_in_step not in (False, True, "auto"):
-            raise ValueError(f"gemv_configs['head_in_step']={head_in_step!r}: use False, True or 'auto'")
-        if head_in_step is True and head_argmax is False:
-            raise ValueError("gemv_configs: head_in_step=True fuses the head and the argmax, head_argmax=False "
-                             "asks for them apart")
-        if head_argmax is False:
-            head_in_step = False
         # None: each kernel kind's default (kernels/pdl.py); a mode given is checked here, used on CUDA only.
         pdl = self.gemv_configs.pop("pdl", None)
         if pdl is not None:
@@ -263,15 +252,6 @@ class FastDecoder:
                 # launch fewer, and the head's GEMV reads 4 KB of activations a program instead of 24 KB).
                 fuse = split and embed_mode(self.emb, self.emb_scale, dtype) > 0
                 self.xn = torch.zeros(M, cfg.d_model, dtype=dtype, **kw) if fuse else None
-                # The head and greedy sampling in the same launch, after the last layer (head_in_step).
-                head = None
-                if head_in_step is not False:
-                    err = "it needs the persistent step's embedding and final norm (out_proj split)" if not fuse \
-                        else head_argmax_error(self.xn[0], self.head_w, self.head_scale)
-                    if err is None:
-                        head = (self.head_w, self.head_scale, self.logits[0], self.tok)
-                    elif head_in_step is True:
-                        raise ValueError(f"head in the persistent step: {err}")
                 try:
                     self.persistent = PersistentDecodeStep(cfg, self.layers, self.rings, self.states,
                                                            residual=self.residual, zx=self.zx, h=self.h,
@@ -280,8 +260,7 @@ class FastDecoder:
                                                            grid=grid,
                                                            embed=(self.ids, self.emb, self.emb_scale) if fuse
                                                            else None,
-                                                           final_norm=(self.norm_f, self.xn) if fuse else None,
-                                                           head=head)
+                                                           final_norm=(self.norm_f, self.xn) if fuse else None)
                 except RuntimeError as e:       # compiling, or the CTAs cannot all be resident on this GPU
                     if persistent is True:
                         raise
@@ -289,12 +268,9 @@ class FastDecoder:
                                   stacklevel=2)
             elif persistent is True:
                 raise ValueError(f"persistent decode step: {err}")
-        if head_in_step is True and not self._head_in_step:
-            raise ValueError("head in the persistent step: it needs the persistent step (batch 1, 2-bit ternary, "
-                             "out_proj split)")
         # Batch 1 after a step that writes the head's input: head GEMV + argmax (+ append) in one launch.
         self.head_argmax = None
-        if head_argmax is not False and not self._head_in_step:
+        if head_argmax is not False:
             err = self._head_argmax_error()
             if err is None:
                 self.head_argmax = HeadArgmax(dev)
@@ -363,11 +339,6 @@ class FastDecoder:
         """Whether the persistent step reads the embedding and writes the head's normed input ``xn`` itself."""
         return self.persistent is not None and self.persistent.embed is not None
 
-    @property
-    def _head_in_step(self) -> bool:
-        """Whether the persistent step also runs the head and greedy sampling (``head_in_step``)."""
-        return self.persistent is not None and self.persistent.head is not None
-
     def _head_argmax_error(self) -> str | None:
         """Why the fused head + argmax (``cuda/head_argmax.py``) cannot serve this decoder, or None."""
         if self.batch_size != 1:
@@ -393,9 +364,6 @@ class FastDecoder:
 
     def _forward(self, append: tuple | None = None) -> None:
         """ids[:, pos] -> logits (``append``: the fused head's greedy token also appended, see :meth:`_head`)."""
-        if self._head_in_step:
-            self.persistent(append=append is not None, vocab=self.vocab_size)
-            return
         if not self._fused_ends:
             self._embed()
         if self.persistent is not None:
@@ -422,7 +390,7 @@ class FastDecoder:
 
     def step(self) -> None:
         """One token for every sequence: ids[:, pos] -> logits -> ids[:, pos + 1]; pos += 1. Eager."""
-        if (self.head_argmax is not None or self._head_in_step) and self.temperature <= 0:
+        if self.head_argmax is not None and self.temperature <= 0:
             self._forward(append=(self.ids, self.pos))      # greedy: the head's kernel samples and appends
             return
         self._forward()

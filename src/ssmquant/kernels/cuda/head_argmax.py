@@ -36,7 +36,7 @@ import torch
 NT = 256                    # threads a CTA
 INT64_MIN = -(2**63)
 _XDTYPES = {torch.float16: 0, torch.bfloat16: 1}
-SCALE_DTYPES = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
+_SCALE_T = {torch.float16: 0, torch.bfloat16: 1, torch.float32: 2}
 
 
 def int8_decode_ref(words: np.ndarray) -> np.ndarray:
@@ -74,7 +74,7 @@ def head_argmax_error(x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor
     if x.numel() != K or not x.is_contiguous():
         return f"x must hold K={K} contiguous values, got {tuple(x.shape)}"
     if weight.dtype == torch.int8:
-        if scale is None or scale.shape != (N,) or scale.dtype not in SCALE_DTYPES or not scale.is_contiguous():
+        if scale is None or scale.shape != (N,) or scale.dtype not in _SCALE_T or not scale.is_contiguous():
             return "int8 rows need a contiguous (N,) fp16 / bf16 / fp32 scale"
         if K % 16:
             return f"int8 rows need K divisible by 16, got {K}"
@@ -107,15 +107,8 @@ def _plan(K: int, int8: bool) -> tuple[int, int]:
 
 
 @functools.cache
-def rows_source() -> str:
-    """``head_rows.cuh``: the head's rows, int8 decode and argmax, put before the kernels that use them (here and
-    ``persistent_decode.py``'s head in the step)."""
-    return resources.files(__package__).joinpath("head_rows.cuh").read_text()
-
-
-@functools.cache
 def _source() -> str:
-    return rows_source() + resources.files(__package__).joinpath("head_argmax.cu").read_text()
+    return resources.files(__package__).joinpath("head_argmax.cu").read_text()
 
 
 def _kernel(K: int, int8: bool, xbf16: bool, scale_t: int, plan: tuple[int, int] | None = None):
@@ -171,7 +164,7 @@ class HeadArgmax:
                                    or ids.stride(1) != 1 or pos.numel() != 1 or pos.dtype != torch.int32):
             raise ValueError("HeadArgmax: append to ids (1, L) int64 with unit last stride at pos, one int32")
         int8 = weight.dtype == torch.int8
-        kern = _kernel(K, int8, x.dtype == torch.bfloat16, SCALE_DTYPES[scale.dtype] if int8 else 0, self.plan)
+        kern = _kernel(K, int8, x.dtype == torch.bfloat16, _SCALE_T[scale.dtype] if int8 else 0, self.plan)
         g = grid or self._grid_for(kern, N, x.device)
         def ptr(t):
             return ctypes.c_void_p(t.data_ptr())

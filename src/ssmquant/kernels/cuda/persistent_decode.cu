@@ -61,28 +61,6 @@ typedef unsigned long long u64;
 #define FINAL_NORM 0
 #endif
 static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_OUT only");
-// HEAD (with EMB and FINAL_NORM): the LM head and greedy sampling in the step's launch (head_rows.cuh, put before
-// this text by the loader): after the last layer every CTA computes the final norm itself and sweeps its share of
-// the head's rows (warps take groups of HEAD_R rows in turn, as head_argmax.cu's grid does); the last CTA to fold
-// its best into the key writes the token (and with ``append`` appends it). HEAD_INT8: int8 rows with one scale a
-// row (HEAD_SCALE_T: 0 fp16, 1 bf16, 2 fp32), else rows in the model dtype. HEAD_EARLY: each warp's first rows are
-// loaded before the last barrier's wait (they depend on nothing), else after it.
-#ifndef HEAD
-#define HEAD 0
-#endif
-#ifndef HEAD_INT8
-#define HEAD_INT8 0
-#endif
-#ifndef HEAD_SCALE_T
-#define HEAD_SCALE_T 0
-#endif
-#ifndef HEAD_R
-#define HEAD_R 2
-#endif
-#ifndef HEAD_EARLY
-#define HEAD_EARLY 1
-#endif
-static_assert(!HEAD || (EMB && FINAL_NORM), "HEAD: with EMB and FINAL_NORM only");
 #ifndef SELF_RESET
 #define SELF_RESET 0      // LL_ZX: the launch leaves its counter and sums ready for the next (no memset between)
 #endif
@@ -1145,11 +1123,10 @@ extern "C" __global__ void __launch_bounds__(NT, 1)
 #if SPLIT_PAIR
 __cluster_dims__(2, 1, 1)
 #endif
-persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, float* hbuf, int* pos, u32* bar, float* sums, float eps, u64* trace, u32* zxl, u32* genp,
-                  long long* ids, const void* __restrict__ emb, const u16* __restrict__ emb_scale,
-                  const float* __restrict__ norm_f, u16* xn, const uint4* __restrict__ head_w,
-                  const void* __restrict__ head_scale, float* logits, int head_n, int vocab, long long* hkey,
-                  u32* hcount, long long* tok, int append) {
+persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, float* hbuf,
+                  const int* __restrict__ pos, u32* bar, float* sums, float eps, u64* trace, u32* zxl, u32* genp,
+                  const long long* __restrict__ ids, const void* __restrict__ emb, const u16* __restrict__ emb_scale,
+                  const float* __restrict__ norm_f, u16* xn) {
     // Cycle -> time calibration for the trace: (clock, globaltimer) at the start and at the end.
     if (trace != nullptr && threadIdx.x == 0) {
         trace[(long long)blockIdx.x * NL * NTRACE + 10] = clock64();
@@ -1212,13 +1189,13 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
     if (!PREFETCH_FIRST) prefetch<PA>(L.in_w, L.in_s, wa, sa, &mbar[0]);
     u16* wcs = reinterpret_cast<u16*>(reinterpret_cast<char*>(wc) + SPLIT_WORDS_B);
     // Zero buffer zb (see ``sums`` above): this CTA's slice of it, or all of it (``whole``); its sums of squares by
-    // CTA 0, or with the whole buffer.
+    // CTA 0.
     auto zero_buf = [&](int zb, bool whole = false) {
         float* z = sums + zb * SB;
         const int i0 = whole ? 0 : (SB / 4) * cta / GRID, i1 = whole ? SB / 4 : (SB / 4) * (cta + 1) / GRID;
         for (int i = i0 + threadIdx.x; i < i1; i += NT)
             reinterpret_cast<float4*>(z)[i] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if ((whole || cta == 0) && threadIdx.x < NG) sums[NBUF * SB + zb * NG + threadIdx.x] = 0.f;
+        if (cta == 0 && threadIdx.x < NG) sums[NBUF * SB + zb * NG + threadIdx.x] = 0.f;
     };
     for (int l = 0; l < NL; ++l) {
         const LayerP Ln = l + 1 < NL ? layers[l + 1] : L;
@@ -1305,55 +1282,11 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         stamp(trace, l, 9);
         L = Ln;
     }
-#if HEAD
-    using HS = hd::Shape<DM, (bool)HEAD_INT8>;
-    const int hlane = threadIdx.x % 32, hgw = cta * NW + threadIdx.x / 32;
-    uint4 hwa[HEAD_R][HS::CNT];
-    float hsa[HEAD_R];
-    NormW<PA> nf;
-    prefetch_norm<PA>(norm_f, nf);
-    auto head_first = [&] {
-        if (hgw * HEAD_R < head_n)
-            hd::load_rows<DM, HEAD_INT8, HEAD_SCALE_T, HEAD_R>(head_w, head_scale, head_n, hgw * HEAD_R, hlane, hwa,
-                                                                hsa);
-    };
-    if (HEAD_EARLY) head_first();
-#endif
     // The last layer's out_proj into the residual, written back by CTA 0 for the head.
     wait(bar, base + nbar * GRID);
     // SELF_RESET: the buffers still holding sums are zeroed for the next launch: layer NL - 2's (every CTA read it
-    // before the barrier above) by slices, layer NL - 1's by CTA 0 once it has read it (nobody else does; with HEAD
-    // every CTA reads it, and the last CTA of the head's argmax zeroes it).
+    // before the barrier above) by slices, layer NL - 1's by CTA 0 once it has read it (nobody else does).
     if (SELF_RESET && NL >= 2) zero_buf((NL - 2) % NBUF);
-#if HEAD
-    {
-        if (!HEAD_EARLY) head_first();
-        const int pl = (NL - 1) % NBUF;
-        add_out(res, sums + pl * SB, sums + NBUF * SB + pl * NG, eps);
-        // The head's input, rmsnorm(residual) * norm_f in the model dtype, by every CTA (the same values as CTA 0
-        // writes to xn below), into in_proj's word buffer (free after the last layer).
-        norm_to_shared<PA, 1>(res, nf, eps, xs, red);
-        u16* hx = reinterpret_cast<u16*>(wa);
-        for (int k = threadIdx.x; k < DM; k += NT) hx[k] = f2act(xs[k + (k / PA::KB) * PA::XPAD]);
-        __syncthreads();
-        if (cta == 0) {
-            if (threadIdx.x == 0) st_ll(genp, gen + 1);
-#pragma unroll
-            for (int i = 0; i < NormW<PA>::PER; ++i) {
-                const int k4 = threadIdx.x + i * NT;
-                if (k4 < DM / 4) reinterpret_cast<float4*>(residual)[k4] = res[i];
-            }
-            for (int k = threadIdx.x; k < DM; k += NT) xn[k] = hx[k];
-        }
-        float hxv[HS::CNT][HS::EPS];
-        const float corr = hd::inputs<DM, HEAD_INT8, ACT_BF16>(hx, hlane, hxv);
-        const long long best = hd::sweep<DM, HEAD_INT8, ACT_BF16, HEAD_SCALE_T, HEAD_R>(
-            head_w, head_scale, head_n, vocab, hgw, GRID * NW, hlane, hwa, hsa, hxv, corr, logits);
-        __shared__ long long hbest[NW];
-        if (hd::finish<NW>(best, hbest, hkey, hcount, tok, ids, pos, append, GRID) && SELF_RESET)
-            zero_buf(pl, true);                  // every CTA has read layer NL - 1's sums before its arrival
-    }
-#else
     if (cta == 0) {
         const int pl = (NL - 1) % NBUF;
         add_out(res, sums + pl * SB, sums + NBUF * SB + pl * NG, eps);
@@ -1376,7 +1309,6 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         for (int k = threadIdx.x; k < DM; k += NT) xn[k] = f2act(xs[k + (k / PA::KB) * PA::XPAD]);
 #endif
     }
-#endif
 #else
     const int T = pos[0];
     u16 sc[PC::MAXR][PC::NPART];

@@ -76,7 +76,6 @@ from importlib import resources
 import torch
 
 from ..layout import GemvTernaryWeight, unpack_codes_ref
-from .head_argmax import INT64_MIN, SCALE_DTYPES, head_argmax_error, rows_source
 
 XS = 64                # the denormal decode's power-of-two offset (triton/gemv.py)
 TARGET_WARPS = 8       # warps per CTA, rounded to a multiple of both projections' chunk counts
@@ -85,8 +84,7 @@ MAX_WARPS = 16
 
 @functools.cache
 def _source() -> str:
-    # The head's rows (HEAD in the .cu) are head_argmax.cu's, from head_rows.cuh.
-    return rows_source() + resources.files(__package__).joinpath("persistent_decode.cu").read_text()
+    return resources.files(__package__).joinpath("persistent_decode.cu").read_text()
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -195,7 +193,6 @@ def split_codes_ref(words: torch.Tensor, N: int, K: int, ch: int) -> torch.Tenso
 
 
 SUMS_PARTS_MAX = 4     # most parts split_out's sums may be kept in (``SUMS_PARTS`` in the .cu)
-HEAD_ROWS = 2          # rows of the head a warp loads at once in the step (``HEAD_R`` in the .cu)
 STATIC_SMEM_MAX = 48 * 1024    # the kernel's static shared memory (activations, reductions) stays below this
 
 
@@ -314,7 +311,7 @@ class PersistentDecodeStep:
     def __init__(self, cfg, layers, rings, states, *, residual, zx, h, pos, eps: float, split_out: bool = False,
                  pair: bool = False, sums_parts: int = 2, grid: int | None = None,
                  extra_options: tuple[str, ...] = (), embed: tuple | None = None,
-                 final_norm: tuple | None = None, head: tuple | None = None, head_rows: int = HEAD_ROWS):
+                 final_norm: tuple | None = None):
         from .nvrtc import get_kernel
 
         dev = residual.device
@@ -353,28 +350,6 @@ class PersistentDecodeStep:
             if norm_f.dtype != torch.float32 or xn.dtype != zx.dtype or xn.numel() != cfg.d_model:
                 raise ValueError("persistent step: final_norm = (fp32 (d_model,) weight, (1, d_model) model-dtype "
                                  "output)")
-        # head = (weight, scale, logits, tok): the LM head and greedy sampling after the last layer (HEAD in the .cu;
-        # needs embed and final_norm): logits = weight xn (* scale), tok = their argmax, appended with ``append``.
-        self.head = head
-        head_opts = []
-        if head is not None:
-            hw, hs, logits, tok = head
-            if embed is None or final_norm is None:
-                raise ValueError("persistent step: the head needs embed and final_norm")
-            if (err := head_argmax_error(final_norm[1].reshape(-1), hw, hs)) is not None:
-                raise ValueError(f"persistent step, head: {err}")
-            if logits.numel() != hw.shape[0] or logits.dtype != torch.float32 or not logits.is_contiguous():
-                raise ValueError(f"persistent step: the head's logits must be {hw.shape[0]} contiguous fp32 values")
-            if tok.numel() != 1 or tok.dtype != torch.int64:
-                raise ValueError("persistent step: the head's token must be one int64")
-            if head_rows not in (1, 2, 3, 4):
-                raise ValueError(f"persistent step: head_rows={head_rows} (1 to 4)")
-            int8 = hw.dtype == torch.int8
-            head_opts = ["-DHEAD=1", f"-DHEAD_INT8={int(int8)}", f"-DHEAD_R={head_rows}",
-                         f"-DHEAD_SCALE_T={SCALE_DTYPES[hs.dtype] if int8 else 0}"]
-            # The argmax's key and the CTAs' counter, reset by the last CTA (a graph replays the step as is).
-            self.head_key = torch.full((1,), INT64_MIN, dtype=torch.int64, device=dev)
-            self.head_count = torch.zeros(1, dtype=torch.int32, device=dev)
         # split_out: out_proj again in the split layout (the per-layer kernels keep the GEMV layout).
         self.split = [split_layout(L.out_w, ch * (1 + self.pair)) if split_out else (L.out_w.words, L.out_w.scale)
                       for L in layers]
@@ -387,7 +362,7 @@ class PersistentDecodeStep:
             f"-DSTATE_T={state_t}", f"-DACT_BF16={int(zx.dtype == torch.bfloat16)}", f"-DXS={XS}",
             f"-DSPLIT_OUT={int(split_out)}", f"-DSPLIT_PAIR={int(self.pair)}", f"-DWMAX={WMAX}",
             f"-DSUMS_PARTS={sums_parts}", f"-DEMB={emb_mode}", f"-DFINAL_NORM={int(final_norm is not None)}",
-            f"-DSELF_RESET={int(self.self_reset)}", *head_opts, *extra_options]
+            f"-DSELF_RESET={int(self.self_reset)}", *extra_options]
         self.threads = 32 * nw
         rows = []
         for L, ring, state, (sw, ss) in zip(layers, rings, states, self.split):
@@ -423,27 +398,19 @@ class PersistentDecodeStep:
         if self.pair and (n := self.kernel.max_active_clusters(self.grid, self.threads, self.smem)) < self.grid // 2:
             raise RuntimeError(f"persistent step: only {n} clusters of two CTAs fit at once, {self.grid // 2} needed")
 
-    def __call__(self, trace: torch.Tensor | None = None, *, append: bool = False, vocab: int | None = None) -> None:
+    def __call__(self, trace: torch.Tensor | None = None) -> None:
         """One step. ``trace``: an int64 (grid, n_layer, 24) buffer for the kernel's time stamps (48 slots a layer
-        with -DFINE_TRACE=1; benchmarks/persistent_phases.py --trace), or None. With ``head``: the token is chosen
-        among the first ``vocab`` rows (default all) and, with ``append``, written at ids[0, pos + 1] (pos += 1)."""
+        with -DFINE_TRACE=1; benchmarks/persistent_phases.py --trace), or None."""
         if not self.self_reset:
             self.sync.zero_()
         p = lambda t: ctypes.c_void_p(0 if t is None else t.data_ptr())  # noqa: E731  (None: a null pointer)
         ids, emb, emb_scale = self.embed if self.embed is not None else (None, None, None)
         norm_f, xn = self.final_norm if self.final_norm is not None else (None, None)
-        hw, hs, logits, tok = self.head if self.head is not None else (None, None, None, None)
-        n = 0 if hw is None else hw.shape[0]
-        v = n if vocab is None else vocab
-        if hw is not None and not 1 <= v <= n:
-            raise ValueError(f"persistent step: vocab {v} outside 1..{n}")
-        key, count = (self.head_key, self.head_count) if hw is not None else (None, None)
         args = [p(self.table), p(self.residual), p(self.zx), p(self.h), p(self.pos), p(self.bar), p(self.sums),
                 ctypes.c_float(self.eps), p(trace), p(self.zxl), p(self.gen), p(ids), p(emb), p(emb_scale), p(norm_f),
-                p(xn), p(hw), p(hs if hs is not None else hw), p(logits), ctypes.c_int(n), ctypes.c_int(v), p(key),
-                p(count), p(tok), ctypes.c_int(int(append))]
+                p(xn)]
         self.kernel.launch((self.grid, 1, 1), (self.threads, 1, 1), args, cooperative=True, smem=self.smem)
 
 
-__all__ = ["AUTO_MAX_ROWS", "HEAD_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
+__all__ = ["AUTO_MAX_ROWS", "PAIR_MAX_COLS", "PersistentDecodeStep", "auto_declines", "auto_split", "embed_mode",
            "persistent_error", "split_error", "split_layout", "ssm_item", "warps_per_cta"]
