@@ -6,7 +6,8 @@ Each launch loads its slab with 16-byte loads, all issued at once, then XORs the
 but keeps the loads alive). Swept: threads per CTA, loads per thread (hence CTAs per launch), and the programmatic
 dependent launch discipline: none, "after wait" (``launch_dependents`` after ``griddepcontrol.wait``: the rule our
 decode kernels follow, see kernels/triton/gemv.py) and "early" (released before the wait, so launches two or more
-ahead may already be loading).
+ahead may already be loading); the "_xy" modes add the least that a GEMV does after its wait: one 16-byte load of
+the activations a thread and one store a CTA.
 
 A second kind of row adds what every GEMV must do after its wait, on the real 2-bit layout (``kernels/layout.py``,
 weights from ``pack_gemv``): ``stream_floor`` loads each lane's words and scales into registers *before* the wait,
@@ -31,7 +32,8 @@ import json
 import torch
 
 SRC = r"""
-extern "C" __global__ void __launch_bounds__(NT) readsum(const uint4* __restrict__ w, unsigned* out, int per_cta) {
+extern "C" __global__ void __launch_bounds__(NT) readsum(const uint4* __restrict__ w, unsigned* out, int per_cta,
+                                                      const uint4* x) {
     const uint4* p = w + (long)blockIdx.x * per_cta + threadIdx.x;
     uint4 v[CPT];
 #pragma unroll
@@ -50,7 +52,15 @@ extern "C" __global__ void __launch_bounds__(NT) readsum(const uint4* __restrict
     unsigned a = 0;
 #pragma unroll
     for (int i = 0; i < CPT; i++) a ^= v[i].x ^ v[i].y ^ v[i].z ^ v[i].w;
+#if XY
+    // The least a GEMV does after its wait: one load of the activations (16 bytes a thread) and one store a CTA.
+    const uint4 xv = x[threadIdx.x % XN];
+    a ^= xv.x ^ xv.y ^ xv.z ^ xv.w;
+    a = __reduce_xor_sync(0xffffffffu, a);
+    if (threadIdx.x == 0) out[blockIdx.x] = a;
+#else
     if (a == 0x12345678u) out[blockIdx.x] = a;
+#endif
 }
 """
 
@@ -219,10 +229,12 @@ def main() -> None:
     ap.add_argument("--preset", default="1.3b", help="shapes of in_proj / out_proj (default 1.3b)")
     ap.add_argument("--copies", type=int, default=50, help="rotating weight copies (default 50)")
     ap.add_argument("--out", help="JSON file")
+    ap.add_argument("--no-stream", action="store_true", help="only the read-only rows")
     a = ap.parse_args()
     mc = preset_config(a.preset)
     peak = copy_bandwidth()
     sink = torch.zeros(1 << 16, dtype=torch.int32, device="cuda")
+    xin = torch.randn(8192, dtype=torch.float16, device="cuda")   # the activations the "_xy" rows read
     result = {"benchmark": "gemv_ceiling", "env": environment(), "copy_bandwidth_GBps": peak / 1e9, "shapes": {}}
     for name, (N, K) in {"in_proj": (mc.d_in_proj, mc.d_model), "out_proj": (mc.d_model, mc.d_inner)}.items():
         nbytes = N * K // 4 + N * (K // 128) * 2              # 2-bit codes + one fp16 scale per 128 inputs
@@ -232,23 +244,25 @@ def main() -> None:
         for nt in (128, 256, 512):
             for cpt in (1, 2, 4, 8):
                 per = nt * cpt
-                for mode in ("none", "after_wait", "early"):
-                    k = get_kernel(SRC, "readsum", [f"-DNT={nt}", f"-DCPT={cpt}", f"-DEARLY={int(mode == 'early')}"])
+                for mode in ("none", "after_wait", "early", "after_wait_xy", "early_xy"):
+                    k = get_kernel(SRC, "readsum", [f"-DNT={nt}", f"-DCPT={cpt}", f"-DEARLY={int('early' in mode)}",
+                                                    f"-DXY={int(mode.endswith('_xy'))}", f"-DXN={K // 8}"])
 
                     def call(w, k=k, mode=mode, per=per, nt=nt, n16=n16):
                         k.launch((n16 // per, 1, 1), (nt, 1, 1), [ctypes.c_void_p(w.data_ptr()),
-                                 ctypes.c_void_p(sink.data_ptr()), ctypes.c_int(per)], pdl=mode != "none")
+                                 ctypes.c_void_p(sink.data_ptr()), ctypes.c_int(per),
+                                 ctypes.c_void_p(xin.data_ptr())], pdl=mode != "none")
 
                     us = _graph_time_per_call([lambda w=w: call(w) for w in ws], 20)
                     rows.append({"threads": nt, "loads_per_thread": cpt, "ctas": n16 // per, "pdl": mode,
                                  "us": us, "frac_of_copy_bw": n16 * 16 / (us * 1e-6) / peak})
                     print(f"{name} {n16 * 16 / 1e6:.2f} MB  threads {nt:3d} x {cpt} loads  {n16 // per:5d} CTAs  "
-                          f"pdl {mode:10s} {us:6.2f} us  {rows[-1]['frac_of_copy_bw']:.0%}", flush=True)
+                          f"pdl {mode:13s} {us:6.2f} us  {rows[-1]['frac_of_copy_bw']:.0%}", flush=True)
         best = {m: max((r for r in rows if r["pdl"] == m), key=lambda r: r["frac_of_copy_bw"])
-                for m in ("none", "after_wait", "early")}
+                for m in ("none", "after_wait", "early", "after_wait_xy", "early_xy")}
         del ws
-        srows = stream_rows(name, N, K, a.copies, peak)
-        for kind in ("stream_floor", "stream_gemv"):
+        srows = [] if a.no_stream else stream_rows(name, N, K, a.copies, peak)
+        for kind in ("stream_floor", "stream_gemv") if srows else ():
             for m in ("after_wait", "early"):
                 best[f"{kind}_{m}"] = max((r for r in srows if r["kind"] == kind and r["pdl"] == m),
                                           key=lambda r: r["frac_of_copy_bw"])
