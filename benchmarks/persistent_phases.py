@@ -70,8 +70,8 @@ SEGMENTS_SPLIT = [("wait_A", 0, 1), ("stage_A", 1, 2), ("in_proj_and_arrive", 2,
 
 
 # -DFINE_TRACE=1 (with out_proj split): in_proj's stamps 12 after the copies' issue hook, 13 after the lane's inputs,
-# 14 after its words' wait, 15 after the products and their warp sums (the first part's with ZX_ORDER), 16 after
-# the stores; the SSM step's 17 after its words' spin, 18 after the conv and its barrier, 19 at its end.
+# 14 after its words' wait, 15 after the products, 16 after the stores; the SSM step's 17 after its words' spin,
+# 18 after the conv and its barrier, 19 at its end.
 SEGMENTS_FINE = [("in_proj_issue", 2, 12), ("in_proj_lane_x", 12, 13), ("in_proj_words_wait", 13, 14),
                  ("in_proj_products", 14, 15), ("in_proj_sum_store", 15, 16), ("in_proj_to_3", 16, 3),
                  ("ssm_spin", 5, 17), ("ssm_conv", 17, 18), ("ssm_update", 18, 19), ("ssm_to_6", 19, 6)]

@@ -99,24 +99,6 @@ static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_O
 static_assert(!LL_ZX || SPLIT_OUT, "LL_ZX needs SPLIT_OUT (out_proj by rows has its barrier anyway)");
 constexpr int NBUF = LL_ZX ? 3 : 2;   // SPLIT_OUT's partial-sum buffers
 static_assert(!SELF_RESET || LL_ZX, "SELF_RESET: with LL_ZX only");
-// ZX_ORDER (LL_ZX): in_proj's rows in two parts, each spread over every CTA: first the rows the SSM step needs
-// before its state update (x, B, C, dt), then z, needed only by the gate. After the first part a CTA stores those
-// outputs and issues its SSM item's loads of them (they land while it computes z); the item then waits for its z
-// word only at the gate, after the state update. Without it the item waited for all of its words after the whole
-// projection (the spin: 0.77 of a 7.75 us layer at 1.3B).
-#ifndef ZX_ORDER
-#define ZX_ORDER 0
-#endif
-// ZX_ORDER: where the item's loads of x, B, C, dt are issued: 0 right after the first part's stores, 1 after the
-// first half of the second part (the producers' stores have landed by then); where its gate thread issues the load
-// of its z word (ZX_Z_AT): 0 as the SSM step starts, 1 after the conv.
-#ifndef ZX_MID
-#define ZX_MID 1
-#endif
-#ifndef ZX_Z_AT
-#define ZX_Z_AT 1
-#endif
-static_assert(!ZX_ORDER || LL_ZX, "ZX_ORDER: with LL_ZX only");
 // SUMS_PARTS: each buffer in this many parts, CTA c adding into part c % SUMS_PARTS and the readers adding the parts
 // up. By item that halves the atomics on each line of the buffer; by pairs it does not (the two CTAs of a pair add
 // different rows), yet 2 parts measured faster there too (1.3B on an H100: 8.06 against 9.08 us a layer; see
@@ -363,22 +345,17 @@ __device__ __forceinline__ void cluster_sync() {
 #define WMAX 5
 #endif
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
-// NZ_ > 0 (ZX_ORDER's in_proj): a CTA's rows in two parts, each balanced over the grid: its share of rows NZ_ ..
-// N - 1 first (M1 slots a warp group), then its share of rows 0 .. NZ_ - 1 (M2 slots); see CtaRows.
-template <int N_, int K_, int KB_, int G_, int NZ_ = 0>
+template <int N_, int K_, int KB_, int G_>
 struct Proj {
-    static constexpr int N = N_, K = K_, KB = KB_, G = G_, NZ = NZ_, NX = N_ - NZ_;
+    static constexpr int N = N_, K = K_, KB = KB_, G = G_;
     static constexpr int KWT = K / 16;                 // words per row
     static constexpr int KW = KB / 16;                 // words per pack block
     static constexpr int NCH = cdiv(KWT, 32 * WMAX);   // chunks per row
     static constexpr int CW = 32 * cdiv(cdiv(KWT, NCH), 32);   // words per chunk (the last may be partial)
     static constexpr int WPL = CW / 32, Q4 = WPL / 4, S1 = WPL % 4, NPART = Q4 + S1;
     static constexpr int NWG = NW / NCH;               // warp groups: a group's NCH warps share rows
-    static constexpr int RPC = NZ ? cdiv(NX, GRID) + cdiv(NZ, GRID) : cdiv(N, GRID);  // most rows of a CTA
-    static constexpr int M1 = NZ ? cdiv(cdiv(NX, GRID), NWG) : cdiv(RPC, NWG);        // slots of the first part
-    static constexpr int M2 = NZ ? cdiv(cdiv(NZ, GRID), NWG) : 0;                     // of the second
-    static constexpr int MAXR = M1 + M2;               // rows per warp
-    static constexpr int M2A = ZX_MID ? M2 / 2 : 0;    // slots of the second part before ``between``
+    static constexpr int RPC = (N + GRID - 1) / GRID;  // most rows of a CTA
+    static constexpr int MAXR = (RPC + NWG - 1) / NWG; // rows per warp
     // Words of the CTA's buffer: every row a warp may read (MAXR NWG), and a partial last chunk's reach past it.
     static constexpr int WORDS = 4 * cdiv(MAXR * NWG * KWT + NCH * CW - KWT, 4);
     static constexpr int XPAD = KW;                    // floats of padding per pack block in shared memory
@@ -389,27 +366,6 @@ struct Proj {
 // This CTA's rows of a projection: [rb, re), balanced over the grid.
 template <class PJ>
 __device__ __forceinline__ int row_begin(int cta) { return (int)(((long long)PJ::N * cta) / GRID); }
-
-// A CTA's rows of a projection: part 0 (global rows g0 .. g0 + n0 - 1) and, with PJ::NZ, part 1 (g1 .. g1 + n1 - 1),
-// one after the other in its shared-memory buffer. Slot i of warp group wg: row wg + i NWG of part 0 for i < M1,
-// else row wg + (i - M1) NWG of part 1. Without PJ::NZ: the CTA's contiguous rows [row_begin(cta), row_begin(cta + 1)).
-template <class PJ>
-struct CtaRows {
-    int g0, n0, g1, n1;
-    __device__ __forceinline__ explicit CtaRows(int cta) {
-        if constexpr (PJ::NZ > 0) {
-            const int x0 = (int)((long long)PJ::NX * cta / GRID), x1 = (int)((long long)PJ::NX * (cta + 1) / GRID);
-            const int z0 = (int)((long long)PJ::NZ * cta / GRID), z1 = (int)((long long)PJ::NZ * (cta + 1) / GRID);
-            g0 = PJ::NZ + x0; n0 = x1 - x0; g1 = z0; n1 = z1 - z0;
-        } else {
-            g0 = row_begin<PJ>(cta); n0 = row_begin<PJ>(cta + 1) - g0; g1 = 0; n1 = 0;
-        }
-    }
-    __device__ __forceinline__ int within(int i, int wg) const { return wg + (i < PJ::M1 ? i : i - PJ::M1) * PJ::NWG; }
-    __device__ __forceinline__ bool ok(int i, int wg) const { return within(i, wg) < (i < PJ::M1 ? n0 : n1); }
-    __device__ __forceinline__ int srow(int i, int wg) const { return (i < PJ::M1 ? 0 : n0) + within(i, wg); }
-    __device__ __forceinline__ int grow(int i, int wg) const { return (i < PJ::M1 ? g0 : g1) + within(i, wg); }
-};
 
 // Where this thread works in a projection: its warp group (rows wg, wg + NWG, ...) and its chunk c.
 struct LaneChunk {
@@ -436,15 +392,15 @@ template <class PJ>
 __device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)[PJ::MAXR][PJ::NPART]) {
     const LaneChunk lc = lane_chunk<PJ>();
     const int lane = threadIdx.x % 32;
-    const CtaRows<PJ> cr(blockIdx.x);
+    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
 #pragma unroll
     for (int p = 0; p < PJ::NPART; ++p) {
         const bool ok = part_ok<PJ>(lc, p, lane);
         const int sofs = (part_word<PJ>(lc.c, p, lane) / PJ::KW) * PJ::KB / PJ::G;   // its scale in the row
 #pragma unroll
         for (int i = 0; i < PJ::MAXR; ++i) {
-            const int row = cr.grow(i, lc.wg);
-            sr[i][p] = !(ok && cr.ok(i, lc.wg)) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
+            const int row = rb + i * PJ::NWG + lc.wg;
+            sr[i][p] = !(ok && row < re) ? (u16)0 : NO_SCALE_LOADS ? (u16)0x3c00
                                                                    : ld_s(s + (long long)row * (PJ::K / PJ::G) + sofs);
         }
     }
@@ -458,23 +414,18 @@ __device__ __forceinline__ void load_scales(const u16* __restrict__ s, u16 (&sr)
 template <class PJ>
 __device__ __forceinline__ void prefetch(const uint4* __restrict__ w, const u16* __restrict__ s, uint4* buf,
                                          u16 (&sr)[PJ::MAXR][PJ::NPART], u64* mbar, bool scales = true) {
-    const CtaRows<PJ> cr(blockIdx.x);
-    const uint4* src0 = w + (long long)cr.g0 * (PJ::KWT / 4);
-    const uint4* src1 = w + (long long)cr.g1 * (PJ::KWT / 4);
-    uint4* buf1 = buf + cr.n0 * (PJ::KWT / 4);                 // (PJ::NZ: part 1 after part 0)
+    const int rb = row_begin<PJ>(blockIdx.x), re = row_begin<PJ>(blockIdx.x + 1);
+    const uint4* src = w + (long long)rb * (PJ::KWT / 4);
 #if TMA
     // Thread 0 also announces the bytes (the mbarrier's phase cannot complete before that arrival, whichever
     // comes first).
     if (threadIdx.x == 0) {
-        const u32 b0 = (u32)cr.n0 * PJ::KWT * 4, b1 = (u32)cr.n1 * PJ::KWT * 4;
-        mbar_expect(mbar, b0 + b1);
-        tma_load(buf, src0, b0, mbar);
-        if (PJ::NZ > 0 && b1 > 0) tma_load(buf1, src1, b1, mbar);
+        const u32 bytes = (u32)(re - rb) * PJ::KWT * 4;
+        mbar_expect(mbar, bytes);
+        tma_load(buf, src, bytes, mbar);
     }
 #else
-    for (int i = threadIdx.x; i < cr.n0 * (PJ::KWT / 4); i += NT) cp_async16(buf + i, src0 + i, true);
-    if (PJ::NZ > 0)
-        for (int i = threadIdx.x; i < cr.n1 * (PJ::KWT / 4); i += NT) cp_async16(buf1 + i, src1 + i, true);
+    for (int i = threadIdx.x; i < (re - rb) * (PJ::KWT / 4); i += NT) cp_async16(buf + i, src + i, true);
     cp_async_commit();
 #endif
     if (scales) load_scales<PJ>(s, sr);
@@ -693,44 +644,16 @@ __device__ __forceinline__ void store_act(void* out, int row, float v, u32 epoch
 #endif
 }
 
-// Slots I0 .. I0 + M - 1 of the warp's rows (CtaRows): products, the warp's sums of the M rows at once, then
-// DIRECT: zx[row] (store_act), else the chunk's partial sums in ``part`` (by the row's place in the CTA).
-template <class PJ, int I0, int M, bool DIRECT>
-__device__ __forceinline__ void proj_rows(const u32* b0, const CtaRows<PJ>& cr, int wg, int c, int lane, int warp,
-                                          const float (&xr)[16][PJ::WPL], const float (&sx)[PJ::NPART],
-                                          const u16 (&sr)[PJ::MAXR][PJ::NPART], float* part, void* out_act,
-                                          u32 epoch) {
-    constexpr int R = pow2_at_least(M);
-    static_assert(R <= 32, "at most 32 rows per warp");
-    float v[R];
-#pragma unroll
-    for (int i = 0; i < R; ++i) {
-        const int ii = I0 + (i < M ? i : 0);
-        v[i] = i < M ? row_dot<PJ>(b0 + cr.srow(ii, wg) * PJ::KWT, xr, sx, sr[ii], lane) : 0.f;
-    }
-    const float sum = multi_warp_sum<R, 16, R>(v, lane);
-    const int i = lane / (32 / R);
-    if (lane % (32 / R) == 0 && i < M && cr.ok(I0 + i, wg) && warp < PJ::NWG * PJ::NCH) {
-        if (DIRECT) store_act(out_act, cr.grow(I0 + i, wg), sum, epoch);
-        else part[cr.srow(I0 + i, wg) * PJ::NCH + c] = sum;
-    }
-}
-
-struct NoHook {
-    __device__ __forceinline__ void operator()() const {}
-};
-
 // out = W xs: rows of this CTA; RES: residual[row] += out (fp32), else zx[row] = out in the model dtype
 // (store_act).
 // ``stage_in()`` writes the normed input to ``xs`` (stage, or stage_split's residual update first);
 // ``after_stage()`` runs once the activations are staged, before the products: where the kernel issues the
-// copies for later phases (see the main loop). With PJ::NZ (two parts), ``between()`` runs after the first part's
-// outputs are stored, before the second part's products.
-template <class PJ, bool RES, int PENDING, class Stage, class Hook, class Between = NoHook>
+// copies for later phases (see the main loop).
+template <class PJ, bool RES, int PENDING, class Stage, class Hook>
 __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* mbar, u32 parity,
                                         const u16 (&sr)[PJ::MAXR][PJ::NPART], float* xs, float* part, void* out_act,
                                         u32 epoch, float* out_res, float& res_own, u64* trace, int l,
-                                        Hook after_stage, Between between = Between()) {
+                                        Hook after_stage) {
     stage_in();
     stamp(trace, l, RES ? 8 : 2);
     after_stage();
@@ -742,23 +665,27 @@ __device__ __forceinline__ void project(Stage stage_in, const uint4* buf, u64* m
     const LaneChunk lc = lane_chunk<PJ>();
     const int wg = lc.wg, c = lc.c;
     const int rb = row_begin<PJ>(blockIdx.x), cnt = row_begin<PJ>(blockIdx.x + 1) - rb;
-    const CtaRows<PJ> cr(blockIdx.x);
+    constexpr int R = pow2_at_least(PJ::MAXR);
+    static_assert(R <= 32, "at most 32 rows per warp");
     words_wait<PENDING>(mbar, parity); // the projection's words have landed (and are visible to this thread)
     if (!RES) fine_stamp(trace, l, 14);
-    const u32* b0 = reinterpret_cast<const u32*>(buf) + c * PJ::CW;
+    const u32* bw = reinterpret_cast<const u32*>(buf) + wg * PJ::KWT + c * PJ::CW;
+    float v[R];
+#pragma unroll
+    for (int i = 0; i < R; ++i) {
+        const int ii = i < PJ::MAXR ? i : 0;
+        v[i] = i < PJ::MAXR ? row_dot<PJ>(bw + ii * PJ::NWG * PJ::KWT, xr, sx, sr[ii], lane) : 0.f;
+    }
+    if (!RES) fine_stamp(trace, l, 15);
+    const float sum = multi_warp_sum<R, 16, R>(v, lane);
+    const int i = lane / (32 / R), local = i * PJ::NWG + wg;
     // in_proj with whole rows per warp writes directly; otherwise the chunks' partial sums meet in shared memory.
     // out_proj always goes through it: thread ``local`` owns residual row rb + local and keeps its value in a
     // register (``res_own``) across layers, so the update needs no read of global memory.
     constexpr bool DIRECT = PJ::NCH == 1 && !RES;
-    static_assert(PJ::NZ == 0 || DIRECT, "two parts: whole rows a warp, outputs stored directly");
-    proj_rows<PJ, 0, PJ::M1, DIRECT>(b0, cr, wg, c, lane, warp, xr, sx, sr, part, out_act, epoch);
-    if (!RES) fine_stamp(trace, l, 15);   // (after the products and their sums: of the first part with PJ::NZ)
-    if constexpr (PJ::M2 > 0) {
-        if constexpr (PJ::M2A > 0)
-            proj_rows<PJ, PJ::M1, PJ::M2A, DIRECT>(b0, cr, wg, c, lane, warp, xr, sx, sr, part, out_act, epoch);
-        between();
-        proj_rows<PJ, PJ::M1 + PJ::M2A, PJ::M2 - PJ::M2A, DIRECT>(b0, cr, wg, c, lane, warp, xr, sx, sr, part,
-                                                                 out_act, epoch);
+    if (lane % (32 / R) == 0 && i < PJ::MAXR && local < cnt && warp < PJ::NWG * PJ::NCH) {
+        if (DIRECT) store_act(out_act, rb + local, sum, epoch);
+        else part[local * PJ::NCH + c] = sum;
     }
     if (!RES) fine_stamp(trace, l, 16);
     if (!DIRECT) {
@@ -891,27 +818,10 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
     if (SPLIT_OUT && t < CH * TPC && t % TPC == 0) pre.gw = __ldg(L.gnorm_w + item_channel(item, t / TPC));
 }
 
-// ZX_ORDER: an SSM item's in_proj words other than z (x, B / C, dt), loaded between in_proj's two parts
-// (``zx_issue``: the loads are issued, their values waited for only in ssm_finish).
-struct ZxWords {
-    u32 wx, wdt, wbc[BCPER];
-};
-__device__ __forceinline__ void zx_issue(const void* zxv, int item, ZxWords& w) {
-    const u32* zl = static_cast<const u32*>(zxv);
-    const int t = threadIdx.x;
-    w.wx = t < CH ? ld_ll(zl + E + item_channel(item, t)) : 0u;
-#pragma unroll
-    for (int i = 0; i < BCPER; ++i) w.wbc[i] = t + i * NT < 2 * NS ? ld_ll(zl + E + bc_channel(item, t + i * NT)) : 0u;
-    w.wdt = t == DT_THREAD ? ld_ll(zl + 2 * E + 2 * NG * NS + item / (P / CH)) : 0u;
-}
-
-// ``use_early``: the item's words were loaded by zx_issue into ``early`` (ZX_ORDER, the CTA's first item), else
-// they are loaded here. (A reference, not a pointer: words whose address is taken go to local memory, and the
-// store there waits for the loads, in the middle of in_proj.)
 __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const void* zxv, u32 epoch,
                                            float* hbuf, float* hsm, u64* hbar, float* sm, bool tma,
-                                           const void* stile, u64* mbar, u32 parity, u64* trace,
-                                           int l, const ZxWords& early, bool use_early) {
+                                           const void* stile, u64* mbar, u32 parity, u64* trace = nullptr,
+                                           int l = 0) {
     float* sm_x = sm;                 // CH
     float* sm_z = sm + CH;            // CH
     float* sm_bc = sm + 2 * CH;       // 2 NS
@@ -929,29 +839,16 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     // Every word first (one L2 round trip when they are there), then each one again until its epoch is the layer's.
     const u32* zl = static_cast<const u32*>(zxv);
     u32 wx = 0, wz = 0, wdt = 0, wbc[BCPER];
-    if (ZX_ORDER && use_early) {
-        wx = early.wx;
-        wdt = early.wdt;
-#pragma unroll
-        for (int i = 0; i < BCPER; ++i) wbc[i] = early.wbc[i];
-    } else {
-        if (t < CH) wx = ld_ll(zl + E + ch);
-#pragma unroll
-        for (int i = 0; i < BCPER; ++i) wbc[i] = t + i * NT < 2 * NS ? ld_ll(zl + E + bc_channel(item, t + i * NT)) : 0;
-        if (t == DT_THREAD) wdt = ld_ll(zl + dt_row);
+    if (t < CH) {
+        wx = ld_ll(zl + E + ch);
+        wz = ld_ll(zl + ch);
     }
-#if ZX_ORDER
-    // The gate's thread of each channel loads its z word (here or after the conv) and waits for it at the gate.
-    const int gch = item_channel(item, t / TPC);
-    const bool gate_t = t < CH * TPC && t % TPC == 0;
-    u32 wzg = !ZX_Z_AT && gate_t ? ld_ll(zl + gch) : 0u;
-#else
-    if (t < CH) wz = ld_ll(zl + ch);
-#endif
+#pragma unroll
+    for (int i = 0; i < BCPER; ++i) wbc[i] = t + i * NT < 2 * NS ? ld_ll(zl + E + bc_channel(item, t + i * NT)) : 0;
+    if (t == DT_THREAD) wdt = ld_ll(zl + dt_row);
     if (t < CH) {
         while ((wx >> 16) != epoch) wx = ld_ll(zl + E + ch);
-        if (!ZX_ORDER)
-            while ((wz >> 16) != epoch) wz = ld_ll(zl + ch);
+        while ((wz >> 16) != epoch) wz = ld_ll(zl + ch);
         raw_x = (u16)wx;
         raw_z = (u16)wz;
     }
@@ -979,7 +876,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     if (t < CH) {
         L.ring[ch * DCONV + slot] = raw_x;
         sm_x[t] = rnd(conv_out(pre.xr, pre.xw, pre.xb, act2f(raw_x)));
-        if (!ZX_ORDER) sm_z[t] = act2f(raw_z);
+        sm_z[t] = act2f(raw_z);
     }
 #pragma unroll
     for (int i = 0; i < BCPER; ++i) {
@@ -999,9 +896,6 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
 #endif
     __syncthreads();
     fine_stamp(trace, l, 18);
-#if ZX_ORDER
-    if (ZX_Z_AT && gate_t) wzg = ld_ll(zl + gch);
-#endif
     if (t < CH * TPC) {
 #if TMA
         if (tma) state_unpack(stile, pre, false);
@@ -1033,13 +927,7 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
     if (t < CH * TPC && t % TPC == 0) {
         const int cl = t / TPC;
         const float yv = rnd(ssm_y) + sm_x[cl] * pre.D;
-#if ZX_ORDER
-        while ((wzg >> 16) != epoch) wzg = ld_ll(zl + gch);
-        const float zv = act2f((u16)wzg);
-#else
-        const float zv = sm_z[cl];
-#endif
-        const float hv = yv * silu(zv);
+        const float hv = yv * silu(sm_z[cl]);
         if (SPLIT_OUT) {              // the item's h for out_split: times the norm weight, and squared
             const int at = (PAIR == 2 ? (int)(blockIdx.x % 2) * CH : 0) + cl;
             hsm[at] = hv * pre.gw;
@@ -1218,7 +1106,7 @@ __device__ __forceinline__ void emb_row(const long long* ids, const void* emb, c
 }
 
 // ---------------------------------------------------------------- the kernel
-using PA = Proj<DIP, DM, KBIN, GIN, ZX_ORDER ? E : 0>;
+using PA = Proj<DIP, DM, KBIN, GIN>;
 using PC = Proj<DM, E, KBOUT, GOUT>;
 // (SPLIT_OUT never stages out_proj's input.)
 constexpr int XMAX = SPLIT_OUT || PA::XLEN > PC::XLEN ? PA::XLEN : PC::XLEN;
@@ -1331,12 +1219,8 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             if (l > 0) add_out(res, sums + bp * SB, sums + NBUF * SB + bp * NG, eps);
             norm_to_shared<PA, 1>(res, na, eps, xs, red);
         };
-        ZxWords zw;
-        auto zx_between = [&] {                     // ZX_ORDER: x, B / C, dt stored by now; z still to come
-            if (has_item) zx_issue(zx_out, blockIdx.x, zw);
-        };
         project<PA, false, 0>(stage_a, wa, &mbar[0], parity, sa, xs, part, zx_out, epoch_of(l), nullptr, res_own,
-                              trace, l, issue_bc, zx_between);
+                              trace, l, issue_bc);
         if (!LL_ZX) {
             arrive(bar);
             ++nbar;
@@ -1364,7 +1248,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
             ssm_finish(L, item, T, pre, zx_out, epoch_of(l), hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2],
-                       parity, trace, l, zw, ZX_ORDER && first);
+                       parity, trace, l);
             if (!(TMA && first)) ssm_store(L, item, pre);
             const int grp = item / (P / CH) / (NH / NG);
             if (threadIdx.x / 32 == SS_WARP) {        // the item's share of its group's sum of squares
@@ -1473,8 +1357,7 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
         for (int item = blockIdx.x; (PHASES & 2) && item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
-            ssm_finish(L, item, T, pre, zx, 0u, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity,
-                       nullptr, 0, ZxWords{}, false);
+            ssm_finish(L, item, T, pre, zx, 0u, hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2], parity);
             // The first item's state is written back during out_proj (TMA store on sm_90, else from registers if
             // it is the last one); any other item's now.
             if (TMA ? !first : item != last_item) ssm_store(L, item, pre);
