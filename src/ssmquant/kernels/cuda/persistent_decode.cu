@@ -72,7 +72,7 @@ static_assert(!(EMB || FINAL_NORM) || SPLIT_OUT, "EMB / FINAL_NORM: with SPLIT_O
 #endif
 #ifndef SPLIT_ISSUE_AT
 #define SPLIT_ISSUE_AT 0      // the next in_proj's copies issued: 0 before the SSM step, 1 after it, 2 after the
-                              // layer's arrival, 3 in it after the spin on in_proj's words, 4 after its conv
+                              // layer's arrival
 #endif
 #ifndef SPLIT_STORE_LATE
 #define SPLIT_STORE_LATE 0    // the state's write-back issued after out_proj's products (else with those copies)
@@ -818,16 +818,10 @@ __device__ __forceinline__ void ssm_load(const LayerP& L, int item, int T, SsmPr
     if (SPLIT_OUT && t < CH * TPC && t % TPC == 0) pre.gw = __ldg(L.gnorm_w + item_channel(item, t / TPC));
 }
 
-struct NoHook {
-    __device__ __forceinline__ void operator()() const {}
-};
-
-// ``after_spin()`` runs once the item's words are in (SPLIT_ISSUE_AT 3) or after the conv (4).
-template <class Hook = NoHook>
 __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, SsmPre& pre, const void* zxv, u32 epoch,
                                            float* hbuf, float* hsm, u64* hbar, float* sm, bool tma,
                                            const void* stile, u64* mbar, u32 parity, u64* trace = nullptr,
-                                           int l = 0, Hook after_spin = Hook()) {
+                                           int l = 0) {
     float* sm_x = sm;                 // CH
     float* sm_z = sm + CH;            // CH
     float* sm_bc = sm + 2 * CH;       // 2 NS
@@ -869,7 +863,6 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
         raw_dt = (u16)wdt;
     }
     fine_stamp(trace, l, 17);
-    if (SPLIT_ISSUE_AT == 3) after_spin();
 #else
     const u16* zx = static_cast<const u16*>(zxv);
     if (t < CH) {
@@ -903,7 +896,6 @@ __device__ __forceinline__ void ssm_finish(const LayerP& L, int item, int T, Ssm
 #endif
     __syncthreads();
     fine_stamp(trace, l, 18);
-    if (SPLIT_ISSUE_AT == 4) after_spin();
     if (t < CH * TPC) {
 #if TMA
         if (tma) state_unpack(stile, pre, false);
@@ -1251,14 +1243,12 @@ persistent_decode(const LayerP* __restrict__ layers, float* residual, u16* zx, f
             if (l + 1 < NL) prefetch<PA>(Ln.in_w, Ln.in_s, wa, sa, &mbar[0], !LATE_LOADS);
             else if (!TMA) cp_async_commit();
         };
-        if ((!has_item && SPLIT_ISSUE_AT != 2) || SPLIT_ISSUE_AT == 0) issue_a();
+        if ((!has_item && SPLIT_ISSUE_AT < 2) || SPLIT_ISSUE_AT == 0) issue_a();
         for (int item = blockIdx.x; item < NITEMS; item += GRID) {
             const bool first = item == (int)blockIdx.x;
             if (!first) ssm_load(L, item, T, pre, false, stile, &mbar[2]);
             ssm_finish(L, item, T, pre, zx_out, epoch_of(l), hbuf, hsm, &mbar[3], sm, TMA && first, stile, &mbar[2],
-                       parity, trace, l, [&] {
-                           if (first) issue_a();
-                       });
+                       parity, trace, l);
             if (!(TMA && first)) ssm_store(L, item, pre);
             const int grp = item / (P / CH) / (NH / NG);
             if (threadIdx.x / 32 == SS_WARP) {        // the item's share of its group's sum of squares
