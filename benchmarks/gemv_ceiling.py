@@ -211,7 +211,8 @@ def stream_rows(name: str, N: int, K: int, copies: int, peak: float, group_size:
                         ref = gemv_ref(x, ws[-1])[0]
                         row["rel_err"] = ((y - ref).norm() / ref.norm()).item()
                         if not row["rel_err"] < 1e-4:        # (a wrong product's time would mean nothing)
-                            raise SystemExit(f"{name} stream_gemv {opts}: rel err {row['rel_err']:.2e} against gemv_ref")
+                            raise SystemExit(f"{name} stream_gemv {opts}: rel err {row['rel_err']:.2e} "
+                                             "against gemv_ref")
                     us = _graph_time_per_call([lambda w=w: call(w) for w in ws], 20)
                     row.update(us=us, frac_of_copy_bw=nbytes / (us * 1e-6) / peak)
                     rows.append(row)
