@@ -18,7 +18,7 @@ against ``gemv_ref``. A lane holds 4 words of a row (64 inputs, kept in register
 128-word slice of its rows; a row of 256 words is two warps' slices, summed in shared memory. Swept: threads per
 CTA, rows per CTA, release "after" or "early". With the release "early" the next launches load their weights
 while this one computes, so what remains per call is the launch-to-launch dependency (the wait) plus the work after
-it: that bounds what any GEMV of this protocol can reach.
+it; the "early_xy" rows, with the least such work, bound what any GEMV of this protocol can reach.
 
     PYTHONPATH=src python benchmarks/gemv_ceiling.py --out benchmarks/results/gemv_ceiling_h100.json
 """
