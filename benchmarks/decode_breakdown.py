@@ -24,7 +24,7 @@ from persistent_phases import _time  # (this folder: the same graph timing)
 
 @torch.no_grad()
 def main() -> None:
-    from ssmquant.bench.gpu import environment
+    from ssmquant.bench.gpu import AUTO_ON_OFF, environment
     from ssmquant.bench.models import random_model
     from ssmquant.kernels.fast_decode import FastDecoder
     from ssmquant.quant.int8 import quantize_int8_
@@ -42,7 +42,7 @@ def main() -> None:
     if a.head == "int8":
         quantize_int8_(model, embedding=True, head=True)
     # ids room for every appended token of the timing graphs (pos is reset before each; the append writes ids[pos + 1])
-    ha = {"auto": "auto", "on": True, "off": False}[a.head_argmax]
+    ha = AUTO_ON_OFF[a.head_argmax]
     dec = FastDecoder(model, 1, 4096, gemv_configs={"head_argmax": ha} if a.head_argmax != "auto" else None)
     dec.start(torch.randint(0, 50000, (1, 16), device="cuda"))
     layers = dec.persistent if dec.persistent is not None else dec._layers

@@ -183,12 +183,13 @@ def stream_rows(name: str, N: int, K: int, copies: int, peak: float, group_size:
     y = torch.empty(N, device="cuda", dtype=torch.float32)
     nbytes = ws[0].nbytes() + K * 2 + N * 4
     kwr, ks = K // 16, K // 2048
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
     rows = []
     for nt in (128, 256, 512):
         if nt // 32 < ks:
             continue
         for ctas_per_sm in (0.5, 1, 2):
-            rpc = -(-N // int(torch.cuda.get_device_properties(0).multi_processor_count * ctas_per_sm))
+            rpc = -(-N // int(sms * ctas_per_sm))
             if -(-rpc // (nt // 32 // ks)) > 16:     # more than 16 rows a warp: the words would spill registers
                 continue
             for products in (0, 1):

@@ -80,12 +80,12 @@ class DecodeBenchConfig:
             raise ValueError(f"head={self.head!r}: use fp16 or int8")
         if self.pdl not in _PDL:
             raise ValueError(f"pdl={self.pdl!r}: use one of {', '.join(_PDL)}")
-        if self.persistent not in _PERSISTENT:
-            raise ValueError(f"persistent={self.persistent!r}: use one of {', '.join(_PERSISTENT)}")
+        if self.persistent not in AUTO_ON_OFF:
+            raise ValueError(f"persistent={self.persistent!r}: use one of {', '.join(AUTO_ON_OFF)}")
         if self.out_split not in _SPLIT:
             raise ValueError(f"out_split={self.out_split!r}: use one of {', '.join(_SPLIT)}")
-        if self.head_argmax not in _PERSISTENT:
-            raise ValueError(f"head_argmax={self.head_argmax!r}: use one of {', '.join(_PERSISTENT)}")
+        if self.head_argmax not in AUTO_ON_OFF:
+            raise ValueError(f"head_argmax={self.head_argmax!r}: use one of {', '.join(AUTO_ON_OFF)}")
         if self.state_dtype not in STATE_DTYPES:
             raise ValueError(f"state_dtype={self.state_dtype!r}: use one of {', '.join(STATE_DTYPES)}")
 
@@ -93,7 +93,8 @@ class DecodeBenchConfig:
 _PDL = {"default": None, "early": "early", "after": "after", "off": False}
 # --state-dtype's names (ssmquant bench decode, benchmarks/persistent_phases.py)
 STATE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-_PERSISTENT = {"auto": "auto", "on": True, "off": False}
+# auto / on / off options (--persistent, --head-argmax, --mma; benchmarks/decode_breakdown.py) as gemv_configs values
+AUTO_ON_OFF = {"auto": "auto", "on": True, "off": False}
 _SPLIT = {"off": False, "on": True, "pair": "pair", "auto": "auto"}
 
 
@@ -170,8 +171,8 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
     result = {"benchmark": "decode", "config": asdict(cfg), "env": environment()}
     pdl = _PDL[cfg.pdl]                     # None: each kernel kind's default (kernels/pdl.py)
     result["pdl_mode"] = {k: resolve_pdl(pdl, k) for k in DEFAULTS}
-    gemv_configs = {"pdl": pdl, "scaffold_bits": cfg.scaffold_bits, "persistent": _PERSISTENT[cfg.persistent],
-                    "out_split": _SPLIT[cfg.out_split], "head_argmax": _PERSISTENT[cfg.head_argmax],
+    gemv_configs = {"pdl": pdl, "scaffold_bits": cfg.scaffold_bits, "persistent": AUTO_ON_OFF[cfg.persistent],
+                    "out_split": _SPLIT[cfg.out_split], "head_argmax": AUTO_ON_OFF[cfg.head_argmax],
                     **(gemv_configs or {})}
     model = random_model(cfg.preset, weights="fp16")
 
@@ -202,7 +203,7 @@ def bench_decode(cfg: DecodeBenchConfig, *, gemv_configs: dict | None = None) ->
         main_key = f"{cfg.weights}{f'_r{cfg.rank}_scaffold{cfg.scaffold_bits}bit' if cfg.weights == 'dfssm' else ''}" \
                    f"{'_int8head' if cfg.head == 'int8' else ''}" \
                    f"{f'_state_{cfg.state_dtype}' if cfg.state_dtype != 'fp32' else ''}_fast"
-        mma = {"auto": "auto", "on": True, "off": False}[cfg.mma]
+        mma = AUTO_ON_OFF[cfg.mma]
         rows[main_key] = timed(mma=mma)
         used = rows[main_key]["kernels"].values()
         if "head_argmax" in used:

@@ -134,10 +134,11 @@ class HeadArgmax:
         self._grid: dict = {}
 
     def _grid_for(self, kern, N: int, device) -> int:
-        g = self._grid.get((kern.name, id(kern), N))
+        # (Compiled kernels are cached for the process, so a kernel's id names it.)
+        g = self._grid.get((id(kern), N))
         if g is None:
             sms = torch.cuda.get_device_properties(device).multi_processor_count
-            g = self._grid[(kern.name, id(kern), N)] = max(1, min(sms * kern.blocks_per_sm(NT), -(-N // (NT // 32))))
+            g = self._grid[(id(kern), N)] = max(1, min(sms * kern.blocks_per_sm(NT), -(-N // (NT // 32))))
         return g
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, scale: torch.Tensor | None, logits: torch.Tensor,
